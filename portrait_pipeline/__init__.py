@@ -1,0 +1,1 @@
+"""Stylized player portraits with Gemini, orchestrated by Dagster, audited in SQL."""

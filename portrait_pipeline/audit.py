@@ -1,0 +1,181 @@
+"""The audit trail: snapshots per batch, one asset row per player, and which image is current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
+from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.storage import StoredObject
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """What a batch run is, before it generates anything."""
+
+    run_key: str
+    style: str
+    cohort: str
+    draft_year: int | None
+    population_size: int
+    system_prompt: str
+    system_prompt_version: str
+    image_size: str
+    model: str
+    estimated_cost_usd: Decimal
+    notes: str | None = None
+    dagster_run_id: str | None = None
+    partition_key: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """Everything the audit keeps about one player's attempt, success or failure."""
+
+    user_prompt: str
+    model: str
+    system_prompt_version: str
+    generation_time_sec: float
+    likeness_description: str | None = None
+    reference_image_url: str | None = None
+    reference_sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: Decimal = Decimal("0")
+
+
+def start_snapshot(db: Session, spec: SnapshotSpec) -> PlayerImageSnapshot:
+    """A new snapshot row; `version` is one more than the run key's last."""
+    last = db.scalar(select(func.max(PlayerImageSnapshot.version)).where(PlayerImageSnapshot.run_key == spec.run_key))
+    snapshot = PlayerImageSnapshot(**spec.__dict__, version=(last or 0) + 1, status="running", is_current=False)
+    db.add(snapshot)
+    db.flush()
+    return snapshot
+
+
+def record_failure(
+    db: Session, snapshot: PlayerImageSnapshot, player: Player, style: str, record: GenerationRecord, reason: str
+) -> PlayerImageAsset:
+    asset = PlayerImageAsset(
+        snapshot_id=snapshot.id,
+        player_id=player.id,
+        style=style,
+        status="failed",
+        is_current=False,
+        error_message=reason,
+        used_likeness_ref=record.likeness_description is not None,
+        dagster_run_id=snapshot.dagster_run_id,
+        **record.__dict__,
+    )
+    db.add(asset)
+    db.commit()
+    return asset
+
+
+def record_success(
+    db: Session,
+    snapshot: PlayerImageSnapshot,
+    player: Player,
+    style: str,
+    record: GenerationRecord,
+    stored: StoredObject,
+) -> PlayerImageAsset:
+    """Commit the asset row and make it the player's current image for the style, in one transaction."""
+    asset = PlayerImageAsset(
+        snapshot_id=snapshot.id,
+        player_id=player.id,
+        style=style,
+        status="succeeded",
+        is_current=False,
+        s3_key=stored.key,
+        s3_bucket=stored.bucket,
+        public_url=stored.public_url,
+        content_sha256=stored.sha256,
+        bytes=stored.size,
+        used_likeness_ref=record.likeness_description is not None,
+        dagster_run_id=snapshot.dagster_run_id,
+        **record.__dict__,
+    )
+    db.add(asset)
+    db.flush()
+    _make_current(db, asset)
+    db.commit()
+    return asset
+
+
+def _make_current(db: Session, asset: PlayerImageAsset) -> None:
+    # Lock the player row so two promotions of one player serialize (PostgreSQL; SQLite serializes writers).
+    db.execute(select(Player.id).where(Player.id == asset.player_id).with_for_update())
+    db.execute(
+        update(PlayerImageAsset)
+        .where(
+            PlayerImageAsset.player_id == asset.player_id,
+            PlayerImageAsset.style == asset.style,
+            PlayerImageAsset.is_current.is_(True),
+            PlayerImageAsset.id != asset.id,
+        )
+        .values(is_current=False)
+    )
+    db.flush()
+    asset.is_current = True
+    db.flush()
+
+
+def promote(db: Session, asset_id: int) -> PlayerImageAsset:
+    """Make an earlier successful generation current again (a reviewer's rollback)."""
+    asset = db.get(PlayerImageAsset, asset_id)
+    if asset is None:
+        raise InvalidInput(f"--asset-id {asset_id}: no such image")
+    if asset.status != "succeeded":
+        raise InvalidInput(f"--asset-id {asset_id}: that generation failed, there is no image to promote")
+    _make_current(db, asset)
+    db.commit()
+    return asset
+
+
+def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str) -> PlayerImageSnapshot:
+    """Count the outcomes from the asset rows and mark this snapshot current for its (draft year, style)."""
+    snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
+    counts = dict(
+        db.execute(
+            select(PlayerImageAsset.status, func.count())
+            .where(PlayerImageAsset.snapshot_id == snapshot_id)
+            .group_by(PlayerImageAsset.status)
+        ).all()
+    )
+    db.execute(
+        update(PlayerImageSnapshot)
+        .where(
+            PlayerImageSnapshot.draft_year.is_(None)
+            if snapshot.draft_year is None
+            else PlayerImageSnapshot.draft_year == snapshot.draft_year,
+            PlayerImageSnapshot.style == snapshot.style,
+            PlayerImageSnapshot.id != snapshot_id,
+        )
+        .values(is_current=False)
+    )
+    snapshot.success_count = counts.get("succeeded", 0)
+    snapshot.failure_count = counts.get("failed", 0)
+    snapshot.skipped_count = skipped
+    snapshot.status = status
+    snapshot.is_current = True
+    snapshot.finished_at = utcnow()
+    db.commit()
+    return snapshot
+
+
+def current_asset(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    return db.scalar(
+        select(PlayerImageAsset).where(
+            PlayerImageAsset.player_id == player_id,
+            PlayerImageAsset.style == style,
+            PlayerImageAsset.is_current.is_(True),
+        )
+    )

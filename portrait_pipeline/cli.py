@@ -1,0 +1,164 @@
+"""`portrait-pipeline`: the seed's script flags, running as Dagster runs on the project's instance."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from portrait_pipeline import roster
+from portrait_pipeline.cohorts import COHORTS, Selection, draft_year_key
+from portrait_pipeline.costs import IMAGE_SIZES
+from portrait_pipeline.db import REPO_ROOT
+from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError
+from portrait_pipeline.styles import STYLES
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(InvalidInput):
+    """Bad command-line arguments (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2 itself; keep one error path
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="portrait-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = commands.add_parser("db", help="migrate the app database (Alembic)")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+
+    players = commands.add_parser("players", help="the roster")
+    player_commands = players.add_subparsers(dest="players_command", required=True, parser_class=_Parser)
+    importer = player_commands.add_parser("import", help="upsert players from a CSV file, all or nothing")
+    importer.add_argument("file", type=Path)
+
+    generate = commands.add_parser("generate", help="generate portraits (the seed's generate_player_images.py)")
+    _add_selectors(generate)
+    generate.add_argument("--style", action="append", help=f"{', '.join(STYLES)} (repeatable; default: default)")
+    generate.add_argument("--missing-only", action="store_true", help="skip players who already have an image")
+    generate.add_argument("--fetch-likeness", action="store_true", help="describe reference photos for likeness")
+    generate.add_argument("--likeness-url", help="explicit reference image URL (single player only)")
+    generate.add_argument("--size", default="1K", help=f"image size: {', '.join(IMAGE_SIZES)} (default 1K)")
+    generate.add_argument("--run-key", help="unique run identifier; repeating it makes a new version")
+    generate.add_argument("--dry-run", action="store_true", help="preview players and cost; write nothing")
+    generate.add_argument("--limit", type=int, help="max players to process")
+    generate.add_argument("--notes", help="notes for this run")
+    return parser
+
+
+def _add_selectors(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--player-id", type=int, help="one player by id")
+    group.add_argument("--player-slug", help="one player by slug")
+    group.add_argument("--cohort", choices=COHORTS, help="current_draft or current_nba")
+    group.add_argument("--draft-year", type=int, help="a draft class, e.g. 2025")
+    group.add_argument("--all", action="store_true", dest="all_players", help="every player")
+
+
+def selection_of(args: argparse.Namespace) -> Selection:
+    return Selection(
+        player_id=args.player_id,
+        player_slug=args.player_slug,
+        cohort=args.cohort,
+        draft_year=args.draft_year,
+        all_players=args.all_players,
+    )
+
+
+@dataclass
+class Context:
+    """What every command needs: the resources built from the environment, and the Dagster instance."""
+
+    resources: dict[str, Any]
+    instance: Any
+
+    @property
+    def database(self) -> Any:
+        return self.resources["database"]
+
+
+@contextmanager
+def open_context() -> Iterator[Context]:
+    import dagster as dg
+
+    from portrait_pipeline.definitions import defs
+
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterInvalidConfigError as exc:
+        raise ConfigurationError(f"Dagster instance in {os.environ['DAGSTER_HOME']}: {exc}") from None
+    resources = dict(defs.resources or {})
+    with instance, dg.build_resources(resources) as built:
+        yield Context(resources={key: getattr(built, key) for key in resources}, instance=instance)
+
+
+def cmd_db(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline import db
+
+    url = ctx.database.url
+    if args.action == "upgrade":
+        db.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        db.downgrade(url, args.revision or "base")
+    print(f"database at revision {db.current_revision(db.engine_for(url)) or 'none'} (head {db.head_revision()})")
+    return EXIT_OK
+
+
+def cmd_players_import(args: argparse.Namespace, ctx: Context) -> int:
+    rows = roster.read_roster(args.file)
+    with ctx.database.session() as session:
+        result = roster.import_roster(session, rows)
+    keys = [draft_year_key(year) for year in result.draft_years]
+    ctx.instance.add_dynamic_partitions("draft_years", keys)
+    print(f"{args.file}: {result.created} created, {result.updated} updated; draft years: {', '.join(keys)}")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline import launch
+
+    plan = launch.plan_generation(ctx.resources, selection_of(args), launch.options_from_args(args))
+    if args.dry_run:
+        print(launch.render_plan(plan))
+        return EXIT_OK
+    summary = launch.run_generation(ctx.instance, ctx.resources, plan)
+    print(launch.render_summary(summary))
+    return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+COMMANDS = {
+    ("db", None): cmd_db,
+    ("players", "import"): cmd_players_import,
+    ("generate", None): cmd_generate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
+        with open_context() as ctx:
+            return handler(args, ctx)
+    except (InvalidInput, ConfigurationError) as exc:
+        print(f"portrait-pipeline: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PortraitPipelineError as exc:
+        print(f"portrait-pipeline: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
+
+
+if __name__ == "__main__":
+    sys.exit(main())

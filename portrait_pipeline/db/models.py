@@ -1,0 +1,151 @@
+"""Typed SQLAlchemy models: the roster, and the audit trail of every generation (the seed's schema)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Player(Base):
+    """The seed's PlayerMaster: one row per person, prospect or pro."""
+
+    __tablename__ = "players"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(120), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    position: Mapped[str | None] = mapped_column(String(40))
+    school: Mapped[str | None] = mapped_column(String(200))
+    draft_year: Mapped[int | None] = mapped_column(Integer, index=True)
+    nba_active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    reference_image_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Player(id={self.id}, slug={self.slug!r})"
+
+
+class PlayerImageSnapshot(Base):
+    """One batch run for a (draft year, style) partition: the prompts it used and what it produced."""
+
+    __tablename__ = "player_image_snapshots"
+    __table_args__ = (
+        UniqueConstraint("run_key", "version", name="uq_snapshot_run_key_version"),
+        Index("ix_snapshot_scope", "draft_year", "style", "is_current"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    style: Mapped[str] = mapped_column(String(20))
+    cohort: Mapped[str] = mapped_column(String(40))
+    draft_year: Mapped[int | None] = mapped_column(Integer)
+    population_size: Mapped[int] = mapped_column(Integer, default=0)
+    success_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    system_prompt: Mapped[str] = mapped_column(Text)
+    system_prompt_version: Mapped[str] = mapped_column(String(20))
+    image_size: Mapped[str] = mapped_column(String(8))
+    model: Mapped[str] = mapped_column(String(100))
+    estimated_cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
+    notes: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    partition_key: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    assets: Mapped[list[PlayerImageAsset]] = relationship(back_populates="snapshot")
+
+
+class PlayerImageAsset(Base):
+    """One player's generation inside a snapshot: the prompt, the likeness used, and the stored image."""
+
+    __tablename__ = "player_image_assets"
+    __table_args__ = (
+        UniqueConstraint("snapshot_id", "player_id", name="uq_asset_snapshot_player"),
+        # At most one current image per player and style, enforced by the database itself.
+        Index(
+            "uq_asset_current_player_style",
+            "player_id",
+            "style",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("player_image_snapshots.id", ondelete="CASCADE"))
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id", ondelete="CASCADE"), index=True)
+    style: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    s3_key: Mapped[str | None] = mapped_column(String(500))
+    s3_bucket: Mapped[str | None] = mapped_column(String(200))
+    public_url: Mapped[str | None] = mapped_column(Text)
+    user_prompt: Mapped[str | None] = mapped_column(Text)
+    likeness_description: Mapped[str | None] = mapped_column(Text)
+    used_likeness_ref: Mapped[bool] = mapped_column(Boolean, default=False)
+    reference_image_url: Mapped[str | None] = mapped_column(Text)
+    reference_sha256: Mapped[str | None] = mapped_column(String(64))
+    generation_time_sec: Mapped[float | None] = mapped_column()
+    error_message: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(100))
+    system_prompt_version: Mapped[str] = mapped_column(String(20))
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    bytes: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    snapshot: Mapped[PlayerImageSnapshot] = relationship(back_populates="assets")
+    player: Mapped[Player] = relationship()
+
+
+class PlayerLikeness(Base):
+    """A neutral description of a reference photo, kept per (player, reference content)."""
+
+    __tablename__ = "player_likeness"
+    __table_args__ = (UniqueConstraint("player_id", "reference_sha256", name="uq_likeness_player_reference"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id", ondelete="CASCADE"), index=True)
+    reference_url: Mapped[str] = mapped_column(Text)
+    reference_sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

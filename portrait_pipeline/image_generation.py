@@ -1,0 +1,266 @@
+"""Generating portraits: a renderer (Gemini or offline), one player at a time durably, many at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from portrait_pipeline import audit, images, naming
+from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS, ImageSize, price
+from portrait_pipeline.db import session_scope
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
+from portrait_pipeline.renderer import render_portrait
+from portrait_pipeline.storage import ImageStorage, sha256_hex
+from portrait_pipeline.styles import Style
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    player_id: int
+    seed: str
+    style: Style
+    system_prompt: str
+    user_prompt: str
+    size: ImageSize
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    data: bytes
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class Renderer(Protocol):
+    """Turns prompts into image bytes; raises GenerationFailed with a reason when it cannot."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def render(self, request: RenderRequest) -> RenderedImage: ...
+
+
+class OfflineRenderer:
+    """The embedded default: Pillow placeholder posters, free, recorded as `offline-renderer`."""
+
+    model = OFFLINE_MODEL
+
+    async def render(self, request: RenderRequest) -> RenderedImage:
+        width, height = TARGET_DIMENSIONS[request.size]
+        data = await asyncio.to_thread(render_portrait, request.seed, request.style, width, height)
+        return RenderedImage(data=data)
+
+
+@dataclass(frozen=True)
+class Likeness:
+    """A neutral description of a reference photo; only this text, never the photo, reaches the image model."""
+
+    description: str
+    reference_url: str
+    reference_sha256: str
+
+
+LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]
+
+
+class ImageGenerationService:
+    """The seed's service: generate one player's portrait, store it, and write its audit row."""
+
+    def __init__(self, renderer: Renderer, storage: ImageStorage, likeness: LikenessSource | None = None) -> None:
+        self.renderer = renderer
+        self.storage = storage
+        self.likeness = likeness
+
+    async def generate_for_player(
+        self,
+        db: Session,
+        player: Player,
+        snapshot: PlayerImageSnapshot,
+        style: Style = "default",
+        fetch_likeness: bool = False,
+        image_size: ImageSize = "1K",
+        likeness_url: str | None = None,
+    ) -> PlayerImageAsset:
+        """Durable per player: the image is in storage before its row commits; failures become rows too."""
+        started = time.monotonic()
+        reference_url = likeness_url or player.reference_image_url
+        likeness: Likeness | None = None
+        prompt = user_prompt(player.display_name, player.position, player.school, None)
+        try:
+            if fetch_likeness and reference_url and self.likeness is not None:
+                likeness = await self.likeness(db, player, reference_url)
+                prompt = user_prompt(player.display_name, player.position, player.school, likeness.description)
+            rendered = await self.renderer.render(
+                RenderRequest(
+                    player_id=player.id,
+                    seed=f"{player.id}:{player.slug}",
+                    style=style,
+                    system_prompt=system_prompt(style),
+                    user_prompt=prompt,
+                    size=image_size,
+                )
+            )
+            png = images.normalize(
+                rendered.data,
+                TARGET_DIMENSIONS[image_size],
+                {
+                    "portrait:player_id": str(player.id),
+                    "portrait:style": style,
+                    "portrait:model": self.renderer.model,
+                    "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
+                },
+            )
+            digest = sha256_hex(png)
+            history_key = naming.history_key(player.id, player.slug, style, digest)
+            stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
+            # The serving alias goes before the row: no row ever claims an image storage does not have.
+            current = naming.current_key(player.id, player.slug, style)
+            await asyncio.to_thread(self.storage.put, current, png, immutable=False)
+        except PortraitPipelineError as exc:
+            record = self._record(prompt, started, likeness, reference_url if fetch_likeness else None)
+            return audit.record_failure(db, snapshot, player, style, record, str(exc))
+        width, height = TARGET_DIMENSIONS[image_size]
+        record = self._record(
+            prompt,
+            started,
+            likeness,
+            reference_url if fetch_likeness else None,
+            rendered,
+            width=width,
+            height=height,
+            cost=price(self.renderer.model, image_size).usd_per_image,
+        )
+        return audit.record_success(db, snapshot, player, style, record, stored)
+
+    def _record(
+        self,
+        prompt: str,
+        started: float,
+        likeness: Likeness | None,
+        reference_url: str | None,
+        rendered: RenderedImage | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        cost: Decimal = Decimal("0"),
+    ) -> audit.GenerationRecord:
+        return audit.GenerationRecord(
+            user_prompt=prompt,
+            model=self.renderer.model,
+            system_prompt_version=SYSTEM_PROMPT_VERSION,
+            generation_time_sec=round(time.monotonic() - started, 3),
+            likeness_description=likeness.description if likeness else None,
+            reference_image_url=reference_url,
+            reference_sha256=likeness.reference_sha256 if likeness else None,
+            width=width,
+            height=height,
+            prompt_tokens=rendered.prompt_tokens if rendered else None,
+            output_tokens=rendered.output_tokens if rendered else None,
+            total_tokens=rendered.total_tokens if rendered else None,
+            cost_usd=cost,
+        )
+
+
+@dataclass(frozen=True)
+class PlayerOutcome:
+    """One line of a batch's result, for progress bars, logs and metadata."""
+
+    player_id: int
+    display_name: str
+    status: Literal["succeeded", "failed"]
+    reason: str | None = None
+    asset_id: int | None = None
+    seconds: float = 0.0
+    cost_usd: Decimal = Decimal("0")
+    key: str | None = None
+    public_url: str | None = None
+    user_prompt: str | None = None
+    likeness_sha256: str | None = None
+    reference_url: str | None = None
+
+
+async def generate_batch(
+    engine: Engine,
+    service: ImageGenerationService,
+    snapshot_id: int,
+    player_ids: Sequence[int],
+    style: Style,
+    image_size: ImageSize,
+    *,
+    fetch_likeness: bool = False,
+    likeness_url: str | None = None,
+    max_concurrency: int = 8,
+    on_outcome: Callable[[PlayerOutcome], None] | None = None,
+) -> list[PlayerOutcome]:
+    """Generate for many players at once, each in its own session, at most `max_concurrency` in flight."""
+    gate = asyncio.Semaphore(max_concurrency)
+
+    async def one(player_id: int) -> PlayerOutcome:
+        async with gate:
+            outcome = await _generate_one(
+                engine, service, snapshot_id, player_id, style, image_size, fetch_likeness, likeness_url
+            )
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(player_id) for player_id in player_ids)))
+
+
+async def _generate_one(
+    engine: Engine,
+    service: ImageGenerationService,
+    snapshot_id: int,
+    player_id: int,
+    style: Style,
+    image_size: ImageSize,
+    fetch_likeness: bool,
+    likeness_url: str | None,
+) -> PlayerOutcome:
+    try:
+        with session_scope(engine) as db:
+            player = db.get_one(Player, player_id)
+            snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
+            asset = await service.generate_for_player(
+                db=db,
+                player=player,
+                snapshot=snapshot,
+                style=style,
+                fetch_likeness=fetch_likeness,
+                image_size=image_size,
+                likeness_url=likeness_url,
+            )
+            return outcome_of(asset, player)
+    except Exception as exc:  # the database itself failed: nothing could be recorded for this player
+        log.exception("player %s: could not record the generation", player_id)
+        return PlayerOutcome(player_id, f"player {player_id}", "failed", f"{exc.__class__.__name__}: {exc}")
+
+
+def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
+    return PlayerOutcome(
+        player_id=player.id,
+        display_name=player.display_name,
+        status="succeeded" if asset.status == "succeeded" else "failed",
+        reason=asset.error_message,
+        asset_id=asset.id,
+        seconds=asset.generation_time_sec or 0.0,
+        cost_usd=asset.cost_usd or Decimal("0"),
+        key=asset.s3_key,
+        public_url=asset.public_url,
+        user_prompt=asset.user_prompt,
+        likeness_sha256=asset.reference_sha256,
+        reference_url=asset.reference_image_url,
+    )

@@ -1,0 +1,100 @@
+"""Image bytes in and out: decode and check what a model returned, normalize to 4:5 PNG, judge quality."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageStat, PngImagePlugin, UnidentifiedImageError
+
+from portrait_pipeline.errors import GenerationFailed
+
+MIN_SIDE = 64
+MAX_SIDE = 8192
+# Below this grayscale standard deviation an image is blank or near-uniform.
+MIN_STDDEV = 8.0
+Image.MAX_IMAGE_PIXELS = 50_000_000  # Pillow's decompression-bomb guard, explicit
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+    stddev: float
+
+
+def decode(data: bytes, what: str = "image") -> Image.Image:
+    """Open and fully load image bytes, turning every Pillow failure into one clear error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise GenerationFailed(f"{what} is not a readable image ({exc.__class__.__name__})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise GenerationFailed(f"{what} is too large to decode safely (decompression-bomb guard)") from None
+    width, height = image.size
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise GenerationFailed(f"{what} has implausible dimensions {width}x{height}")
+    return image
+
+
+def inspect(data: bytes) -> ImageInfo:
+    image = decode(data)
+    stddev = ImageStat.Stat(image.convert("L")).stddev[0]
+    return ImageInfo(width=image.width, height=image.height, format=image.format or "?", stddev=stddev)
+
+
+def normalize(data: bytes, target: tuple[int, int], provenance: dict[str, str]) -> bytes:
+    """Center-crop to the target's aspect ratio, resize to it, and save PNG with provenance text chunks."""
+    image = decode(data, "model output").convert("RGB")
+    target_w, target_h = target
+    width, height = image.size
+    if width * target_h > height * target_w:  # too wide: trim the sides
+        new_w = round(height * target_w / target_h)
+        left = (width - new_w) // 2
+        image = image.crop((left, 0, left + new_w, height))
+    elif width * target_h < height * target_w:  # too tall: trim top and bottom
+        new_h = round(width * target_h / target_w)
+        top = (height - new_h) // 2
+        image = image.crop((0, top, width, top + new_h))
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.LANCZOS)
+    return to_png(image, provenance)
+
+
+def to_png(image: Image.Image, provenance: dict[str, str]) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for key, value in provenance.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, optimize=False)
+    return buffer.getvalue()
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The PNG's text chunks (prompt version, model, player id)."""
+    image = decode(data)
+    return dict(getattr(image, "text", {}))
+
+
+def contact_sheet(tiles: list[tuple[str, bytes]], tile_size: tuple[int, int] = (160, 200), columns: int = 6) -> bytes:
+    """One PNG grid of portraits with their names underneath, for review at a glance."""
+    from PIL import ImageDraw, ImageFont
+
+    tile_w, tile_h = tile_size
+    label_h = max(14, tile_h // 10)
+    rows = max(1, -(-len(tiles) // columns))
+    columns = max(1, min(columns, len(tiles)))
+    sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + label_h)), "#f4f6fa")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=max(10, label_h - 4))
+    for index, (name, data) in enumerate(tiles):
+        x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
+        thumb = decode(data).convert("RGB").resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+        sheet.paste(thumb, (x, y))
+        draw.text((x + 4, y + tile_h + 1), name[:28], fill="#1f2a37", font=font)
+    return to_png(sheet, {})

@@ -1,0 +1,225 @@
+"""One partition's run, without Dagster: plan who needs a portrait, open a snapshot, generate, summarize."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline import audit, naming
+from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year, players_with_current_image
+from portrait_pipeline.costs import ImageSize, estimate_cost
+from portrait_pipeline.db import session_scope
+from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline.image_generation import ImageGenerationService, PlayerOutcome, generate_batch
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
+from portrait_pipeline.storage import ImageStorage
+from portrait_pipeline.styles import Style
+
+
+@dataclass(frozen=True)
+class PartitionRequest:
+    """The seed's per-run knobs for one (draft year, style) partition."""
+
+    draft_year_key: str
+    style: Style
+    image_size: ImageSize = "1K"
+    missing_only: bool = False
+    player_ids: tuple[int, ...] = ()
+    limit: int | None = None
+    run_key: str | None = None
+    notes: str | None = None
+    cohort: str | None = None
+    fetch_likeness: bool = False
+    likeness_url: str | None = None
+    dagster_run_id: str | None = None
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.draft_year_key}|{self.style}"
+
+
+@dataclass(frozen=True)
+class PlayerRef:
+    id: int
+    slug: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    request: PartitionRequest
+    model: str
+    to_generate: list[PlayerRef]
+    skipped: list[PlayerRef]
+
+    @property
+    def estimated_cost_usd(self) -> Decimal:
+        return estimate_cost(self.model, self.request.image_size, len(self.to_generate))
+
+
+@dataclass(frozen=True)
+class Portrait:
+    """A player's current image in storage: what the IO manager indexes and downstream assets read."""
+
+    player_id: int
+    slug: str
+    display_name: str
+    style: str
+    key: str
+    current_key: str
+    public_url: str
+    sha256: str
+    width: int
+    height: int
+    asset_id: int
+
+
+@dataclass
+class PartitionResult:
+    plan: PartitionPlan
+    snapshot_id: int
+    snapshot_version: int
+    run_key: str
+    outcomes: list[PlayerOutcome]
+    wall_time_s: float
+    portraits: list[Portrait] = field(default_factory=list)
+
+    @property
+    def generated(self) -> list[PlayerOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "succeeded"]
+
+    @property
+    def failed(self) -> list[PlayerOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return sum((outcome.cost_usd for outcome in self.outcomes), Decimal("0"))
+
+
+def has_image(db: Session, storage: ImageStorage, players: list[Player], style: str) -> set[int]:
+    """Players with a current image: an audit row, or a file by the new or legacy name (the seed's check)."""
+    current = players_with_current_image(db, style, [player.id for player in players])
+    for player in players:
+        if player.id in current:
+            continue
+        keys = (naming.current_key(player.id, player.slug, style), naming.legacy_key(player.id, style))
+        if any(storage.exists(key) for key in keys):
+            current.add(player.id)
+    return current
+
+
+def plan_partition(db: Session, storage: ImageStorage, request: PartitionRequest, model: str) -> PartitionPlan:
+    """Who this run would generate and who `missing_only` skips; writes nothing."""
+    players = players_in_draft_year(db, request.draft_year_key, request.player_ids)
+    done = has_image(db, storage, players, request.style) if request.missing_only else set()
+    to_generate = [_ref(player) for player in players if player.id not in done]
+    skipped = [_ref(player) for player in players if player.id in done]
+    if request.limit is not None:
+        to_generate = to_generate[: request.limit]
+    return PartitionPlan(request=request, model=model, to_generate=to_generate, skipped=skipped)
+
+
+def run_partition(
+    engine: Engine,
+    service: ImageGenerationService,
+    request: PartitionRequest,
+    *,
+    max_concurrency: int = 8,
+    on_outcome: Callable[[PlayerOutcome], None] | None = None,
+) -> PartitionResult:
+    """Plan, open the snapshot, generate every planned player, close the snapshot."""
+    started = time.monotonic()
+    model = service.renderer.model
+    run_key = request.run_key or f"{request.draft_year_key}_{request.style}"
+    with session_scope(engine) as db:
+        plan = plan_partition(db, service.storage, request, model)
+        snapshot = audit.start_snapshot(
+            db,
+            audit.SnapshotSpec(
+                run_key=run_key,
+                style=request.style,
+                cohort=request.cohort or f"draft_{request.draft_year_key}",
+                draft_year=parse_draft_year_key(request.draft_year_key),
+                population_size=len(plan.to_generate) + len(plan.skipped),
+                system_prompt=system_prompt(request.style),
+                system_prompt_version=SYSTEM_PROMPT_VERSION,
+                image_size=request.image_size,
+                model=model,
+                estimated_cost_usd=plan.estimated_cost_usd,
+                notes=request.notes,
+                dagster_run_id=request.dagster_run_id,
+                partition_key=request.partition_key,
+            ),
+        )
+        snapshot_id, version = snapshot.id, snapshot.version
+    outcomes = asyncio.run(
+        generate_batch(
+            engine,
+            service,
+            snapshot_id,
+            [player.id for player in plan.to_generate],
+            request.style,
+            request.image_size,
+            fetch_likeness=request.fetch_likeness,
+            likeness_url=request.likeness_url,
+            max_concurrency=max_concurrency,
+            on_outcome=on_outcome,
+        )
+    )
+    failed = any(outcome.status == "failed" for outcome in outcomes)
+    with session_scope(engine) as db:
+        audit.finish_snapshot(
+            db, snapshot_id, skipped=len(plan.skipped), status="completed_with_failures" if failed else "succeeded"
+        )
+        portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
+    return PartitionResult(
+        plan=plan,
+        snapshot_id=snapshot_id,
+        snapshot_version=version,
+        run_key=run_key,
+        outcomes=outcomes,
+        wall_time_s=time.monotonic() - started,
+        portraits=portraits,
+    )
+
+
+def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
+    """Every current image of a partition, in player order."""
+    player_ids = [player.id for player in players_in_draft_year(db, draft_year_key)]
+    rows = db.execute(
+        select(PlayerImageAsset, Player)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(
+            PlayerImageAsset.player_id.in_(player_ids),
+            PlayerImageAsset.style == style,
+            PlayerImageAsset.is_current.is_(True),
+        )
+        .order_by(Player.id)
+    ).all()
+    return [
+        Portrait(
+            player_id=player.id,
+            slug=player.slug,
+            display_name=player.display_name,
+            style=style,
+            key=asset.s3_key or "",
+            current_key=naming.current_key(player.id, player.slug, style),
+            public_url=asset.public_url or storage.public_url(asset.s3_key or ""),
+            sha256=asset.content_sha256 or "",
+            width=asset.width or 0,
+            height=asset.height or 0,
+            asset_id=asset.id,
+        )
+        for asset, player in rows
+    ]
+
+
+def _ref(player: Player) -> PlayerRef:
+    return PlayerRef(id=player.id, slug=player.slug, display_name=player.display_name)

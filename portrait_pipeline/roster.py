@@ -1,0 +1,172 @@
+"""Roster import: a CSV of real-world names becomes `players` rows, all or nothing."""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline.db.models import Player
+from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.naming import check_slug, slugify
+
+COLUMNS = ("name", "draft_year", "position", "school", "nba_active", "reference_image_url", "slug")
+_TRUE = {"true", "yes", "1", "y"}
+_FALSE = {"false", "no", "0", "n", ""}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    line: int
+    slug: str
+    display_name: str
+    first_name: str
+    last_name: str
+    position: str | None
+    school: str | None
+    draft_year: int | None
+    nba_active: bool
+    reference_image_url: str | None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    draft_years: list[int | None]
+
+
+def read_roster(path: Path) -> list[RosterRow]:
+    """Parse and validate every row; raise one error listing each bad row by line number."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidInput(f"roster file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"roster file {path} cannot be read as UTF-8 text: {exc}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [column.strip() for column in reader.fieldnames or []]
+    if "name" not in header:
+        raise InvalidInput(f"{path}: the header has no `name` column (found: {', '.join(header) or 'nothing'})")
+    unknown = sorted(set(header) - set(COLUMNS))
+    if unknown:
+        raise InvalidInput(f"{path}: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(COLUMNS)}")
+
+    rows: list[RosterRow] = []
+    errors: list[str] = []
+    for line, raw in enumerate(reader, start=2):
+        values = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
+        try:
+            rows.append(_parse_row(line, values))
+        except InvalidInput as exc:
+            errors.append(f"{path.name} row {line}: {exc}")
+    if errors:
+        raise InvalidInput("roster not imported, nothing written:\n  " + "\n  ".join(errors))
+    return _disambiguate(rows)
+
+
+def _parse_row(line: int, values: dict[str, str]) -> RosterRow:
+    name = " ".join(values.get("name", "").split())
+    if not name:
+        raise InvalidInput("name is empty")
+    if _CONTROL.search(name) or len(name) > 200:
+        raise InvalidInput(f"name {name[:40]!r} has control characters or is over 200 characters")
+    first, _, last = name.partition(" ")
+    slug = values.get("slug") or slugify(name)
+    if not slug:
+        raise InvalidInput(f"name {name!r} has no letters or digits to make a slug from; add a `slug`")
+    return RosterRow(
+        line=line,
+        slug=check_slug(slug),
+        display_name=name,
+        first_name=first,
+        last_name=last or first,
+        position=_optional_text(values.get("position"), "position", 40),
+        school=_optional_text(values.get("school"), "school", 200),
+        draft_year=parse_draft_year(values.get("draft_year", "")),
+        nba_active=_parse_bool(values.get("nba_active", "")),
+        reference_image_url=check_reference_url(values.get("reference_image_url") or None),
+    )
+
+
+def _disambiguate(rows: list[RosterRow]) -> list[RosterRow]:
+    """Two players with one name get `-2`, `-3`… in file order, so every slug stays unique."""
+    counts = Counter(row.slug for row in rows)
+    seen: Counter[str] = Counter()
+    result: list[RosterRow] = []
+    for row in rows:
+        seen[row.slug] += 1
+        if counts[row.slug] > 1 and seen[row.slug] > 1:
+            row = RosterRow(**{**row.__dict__, "slug": f"{row.slug}-{seen[row.slug]}"})
+        result.append(row)
+    duplicates = [slug for slug, n in Counter(row.slug for row in result).items() if n > 1]
+    if duplicates:
+        raise InvalidInput(f"roster not imported: slug(s) {', '.join(duplicates)} used twice; fix the `slug` column")
+    return result
+
+
+def parse_draft_year(value: str) -> int | None:
+    value = value.strip()
+    if not value or value.lower() == "undrafted":
+        return None
+    if not re.fullmatch(r"\d{4}", value) or not 1947 <= int(value) <= 2100:
+        raise InvalidInput(f"draft_year {value!r} is not a year like 2025 (leave it empty for undrafted)")
+    return int(value)
+
+
+def check_reference_url(url: str | None) -> str | None:
+    """Reference photos are fetched over http(s) only."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"reference_image_url {url!r}: only http(s) URLs with a host")
+    return url
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidInput(f"nba_active {value!r}: write true or false")
+
+
+def _optional_text(value: str | None, column: str, limit: int) -> str | None:
+    if not value:
+        return None
+    if _CONTROL.search(value) or len(value) > limit:
+        raise InvalidInput(f"{column} has control characters or is over {limit} characters")
+    return unicodedata.normalize("NFC", value)
+
+
+def import_roster(session: Session, rows: list[RosterRow]) -> ImportResult:
+    """Upsert by slug inside the caller's transaction."""
+    existing = {
+        player.slug: player
+        for player in session.scalars(select(Player).where(Player.slug.in_([row.slug for row in rows])))
+    }
+    created = updated = 0
+    for row in rows:
+        fields = {key: value for key, value in row.__dict__.items() if key != "line"}
+        player = existing.get(row.slug)
+        if player is None:
+            session.add(Player(**fields))
+            created += 1
+            continue
+        changed = {key: value for key, value in fields.items() if getattr(player, key) != value}
+        for key, value in changed.items():
+            setattr(player, key, value)
+        updated += bool(changed)
+    session.flush()
+    years = sorted({row.draft_year for row in rows}, key=lambda year: (year is None, year or 0))
+    return ImportResult(created=created, updated=updated, draft_years=years)

@@ -1,0 +1,101 @@
+"""Shared fixtures: every database test runs on SQLite and on the real PostgreSQL on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from portrait_pipeline import db
+from portrait_pipeline.gemini import GeminiResource
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
+from portrait_pipeline.storage import LocalImageStorage
+
+POSTGRES_URL = os.environ.get("PORTRAIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_available() -> bool:
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL; under CI a missing server fails the run instead of skipping."""
+    if postgres_available():
+        return POSTGRES_URL
+    if ON_CI:
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer (CI=true: required)")
+    pytest.skip(f"PostgreSQL at {POSTGRES_URL} does not answer")
+
+
+def _schema_url(base_url: str, schema: str) -> str:
+    url = make_url(base_url)
+    return url.set(query={**url.query, "options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'portraits.db'}"
+        yield url
+        db.engine_for(url).dispose()
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    url = _schema_url(base, schema)
+    try:
+        yield url
+    finally:
+        db.engine_for(url).dispose()
+        with psycopg.connect(base, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def database(database_url: str) -> DatabaseResource:
+    """A migrated database behind the project's own resource."""
+    db.upgrade(database_url)
+    return DatabaseResource(url=database_url)
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def storage_resource(image_dir: Path) -> ImageStorageResource:
+    return ImageStorageResource(local=True, local_dir=str(image_dir))
+
+
+@pytest.fixture
+def local_storage(image_dir: Path) -> LocalImageStorage:
+    return LocalImageStorage(image_dir)
+
+
+@pytest.fixture
+def offline_gemini() -> GeminiResource:
+    return GeminiResource(renderer_choice="offline")
+
+
+@pytest.fixture
+def settings() -> PortraitSettings:
+    return PortraitSettings(current_draft_year=2025)
+
+
+@pytest.fixture
+def demo_roster() -> Path:
+    return Path(__file__).resolve().parents[1] / "data" / "demo_roster.csv"

@@ -1,0 +1,1 @@
+"""Local stand-ins for the network services the pipeline talks to, for tests and benchmarks."""

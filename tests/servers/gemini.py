@@ -1,0 +1,498 @@
+"""A local HTTP server that speaks Gemini's REST ``generateContent``, for tests and benchmarks.
+
+Point the real SDK at it instead of mocking it::
+
+    with GeminiTestServer() as server:
+        client = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=server.base_url))
+        client.models.generate_content(model="gemini-2.5-flash-image", contents="...")
+
+Scripted replies (``server.enqueue(rate_limited_reply(), image_reply())``) are used first-in first-out.
+Without one the server answers by default: an image for models whose name contains "image", text for
+the others, after ``latency_s``, limited to ``requests_per_second`` (429 with RetryInfo above it) and
+failing a seeded ``failure_rate`` share of requests with 500. Scripted replies skip the rate limit and
+the random failures; ``latency_s`` delays every answer except the rate limiter's 429s.
+
+Only the standard library and Pillow: no pytest, so ``bench/throughput.py`` can import it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import io
+import json
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+DEFAULT_DESCRIPTION = "Oval face, medium-brown skin, short black hair, light stubble, athletic build."
+# gemini-2.5-flash-image answers aspect_ratio="4:5" with 896x1152 (not exactly 4:5) and bills 1290 tokens.
+DEFAULT_IMAGE_SIZE = (896, 1152)
+IMAGE_TOKENS = 1290
+HANG_S = 3600.0  # "forever" for a test; stop() wakes sleeping handlers
+
+_ROUTE = re.compile(r"^/(?P<version>v1(?:alpha|beta)?)/models/(?P<model>[^/:]+):generateContent$")
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer: HTTP status and JSON body, sent after ``delay_s`` seconds.
+
+    ``body=None`` means "the server's default answer for this model" (see ``slow_reply``).
+    """
+
+    status: int = 200
+    body: dict[str, Any] | None = None
+    delay_s: float = 0.0
+
+
+def make_png(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> bytes:
+    """A non-uniform RGB PNG: colour gradients, noise (for a realistic ~MB size) and a bust silhouette."""
+    return _png(int(size[0]), int(size[1]))
+
+
+@lru_cache(maxsize=16)
+def _png(width: int, height: int) -> bytes:
+    vertical = Image.linear_gradient("L").resize((width, height))
+    horizontal = Image.linear_gradient("L").rotate(90).resize((width, height))
+    noise = Image.frombytes("L", (width, height), random.Random(width * height).randbytes(width * height))
+    blue = Image.blend(Image.new("L", (width, height), 150), noise, 0.2)  # deterministic noise
+    image = Image.merge("RGB", (vertical, horizontal, blue))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width * 0.3, height * 0.12, width * 0.7, height * 0.52), fill=(150, 100, 70))
+    draw.rounded_rectangle((width * 0.12, height * 0.6, width * 0.88, height * 1.1), 60, fill=(200, 30, 40))
+    draw.text((width * 0.45, height * 0.72), "23", fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _answer(parts: list[dict[str, Any]], candidates_tokens: int) -> dict[str, Any]:
+    candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+    return {"candidates": [candidate], "usageMetadata": {"candidatesTokenCount": candidates_tokens}}
+
+
+def image_reply(size: tuple[int, int] = DEFAULT_IMAGE_SIZE, *, caption: str | None = None) -> Reply:
+    """200 with one inline PNG part (optionally after a text part), finishReason STOP."""
+    data = base64.b64encode(make_png(size)).decode("ascii")
+    parts: list[dict[str, Any]] = [{"text": caption}] if caption else []
+    parts.append({"inlineData": {"mimeType": "image/png", "data": data}})
+    return Reply(body=_answer(parts, IMAGE_TOKENS))
+
+
+def text_reply(text: str = DEFAULT_DESCRIPTION) -> Reply:
+    """200 with one text part. For an image model this is the "answered with words only" case."""
+    return Reply(body=_answer([{"text": text}], len(text) // 4 + 1))
+
+
+def safety_reply(finish_reason: str = "IMAGE_SAFETY") -> Reply:
+    """200 whose candidate has no content, only a safety finishReason ("IMAGE_SAFETY" or "SAFETY")."""
+    candidate: dict[str, Any] = {"finishReason": finish_reason, "index": 0}
+    if finish_reason == "SAFETY":
+        candidate["safetyRatings"] = [
+            {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "HIGH", "blocked": True}
+        ]
+    return Reply(body={"candidates": [candidate], "usageMetadata": {"candidatesTokenCount": 0}})
+
+
+def blocked_reply(block_reason: str = "SAFETY") -> Reply:
+    """200 with no candidates: the prompt itself was blocked (``promptFeedback.blockReason``)."""
+    return Reply(body={"promptFeedback": {"blockReason": block_reason}, "usageMetadata": {}})
+
+
+def error_reply(code: int, message: str, *, details: list[dict[str, Any]] | None = None) -> Reply:
+    """An error in Google's JSON format: ``{"error": {"code", "message", "status", "details"}}``."""
+    error: dict[str, Any] = {"code": code, "message": message, "status": _STATUS_NAMES.get(code, "UNKNOWN")}
+    if details is not None:
+        error["details"] = details
+    return Reply(status=code, body={"error": error})
+
+
+def rate_limited_reply(retry_delay_s: float = 1.0) -> Reply:
+    """429 RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` detail carrying ``retryDelay``."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": _duration(retry_delay_s)}
+    message = "You exceeded your current quota, please check your plan and billing details."
+    return error_reply(429, message, details=[retry_info])
+
+
+def internal_error_reply() -> Reply:
+    """500 INTERNAL."""
+    return error_reply(500, "An internal error has occurred. Please retry or report the problem.")
+
+
+def unavailable_reply() -> Reply:
+    """503 UNAVAILABLE."""
+    return error_reply(503, "The model is overloaded. Please try again later.")
+
+
+def slow_reply(delay_s: float, then: Reply | None = None) -> Reply:
+    """``then`` (default: the model's default answer) sent only after ``delay_s`` seconds."""
+    return replace(then or Reply(), delay_s=delay_s)
+
+
+def hang_reply() -> Reply:
+    """Never answers within a test's lifetime (until ``stop()``): for client-timeout tests."""
+    return slow_reply(HANG_S)
+
+
+def _duration(seconds: float) -> str:
+    """A google.protobuf.Duration in JSON form: "1s", "0.25s"."""
+    return f"{round(seconds, 3):g}s"
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it; ``status`` and ``ended`` are set once it was answered."""
+
+    method: str
+    path: str
+    api_version: str | None
+    model: str | None
+    api_key: str | None  # the x-goog-api-key header
+    headers: dict[str, str]
+    body: Any  # the parsed JSON body, None if there was none
+    started: float  # time.monotonic()
+    status: int | None = None
+    ended: float | None = None
+    scripted: bool = False
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from arrival to answer, None while unanswered."""
+        return None if self.ended is None else self.ended - self.started
+
+
+@dataclass
+class _State:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    script: deque[Reply] = field(default_factory=deque)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    count_429: int = 0
+    tokens: float = 0.0
+    refilled_at: float = 0.0
+
+
+class GeminiTestServer:
+    """A threaded local Gemini API (``generateContent``) on 127.0.0.1 and a free port."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        requests_per_second: float | None = None,
+        failure_rate: float = 0.0,
+        seed: int = 0,
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        api_key: str | None = None,
+    ) -> None:
+        """``api_key``, when given, is the only key accepted (others get Google's 400 API_KEY_INVALID)."""
+        self.latency_s = latency_s
+        self.requests_per_second = requests_per_second
+        self.failure_rate = failure_rate
+        self.seed = seed
+        self.image_size = image_size
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._state = _State()
+        self._random = random.Random(seed)
+        self._connections: set[socket.socket] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # lifecycle
+
+    def start(self) -> GeminiTestServer:
+        """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        httpd.gemini = self
+        self._httpd = httpd
+        # A short poll interval keeps stop() (httpd.shutdown) fast.
+        serve = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="gemini-server", daemon=True)
+        self._thread = serve
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake sleeping handlers and close every open connection."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> GeminiTestServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``, for ``HttpOptions(base_url=...)``."""
+        if self._httpd is None:
+            raise RuntimeError("GeminiTestServer is not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # scripting and inspection
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies``, in order, before falling back to the default."""
+        with self._lock:
+            self._state.script.extend(replies)
+
+    def reset(self) -> None:
+        """Forget requests, counters and scripted replies; refill the rate limiter; reseed failures."""
+        with self._lock:
+            in_flight = self._state.in_flight
+            self._state = _State(in_flight=in_flight, peak_in_flight=in_flight)
+            self._state.tokens = self._bucket_size()
+            self._state.refilled_at = time.monotonic()
+            self._random = random.Random(self.seed)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of the requests received so far, in arrival order."""
+        with self._lock:
+            return list(self._state.requests)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received but not answered yet."""
+        with self._lock:
+            return self._state.in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests in flight at once since the last reset."""
+        with self._lock:
+            return self._state.peak_in_flight
+
+    @property
+    def count_429(self) -> int:
+        """429s sent by the rate limiter (scripted 429s are not counted)."""
+        with self._lock:
+            return self._state.count_429
+
+    # request handling (called from handler threads)
+
+    def _arrive(self, record: RecordedRequest) -> None:
+        with self._lock:
+            self._state.requests.append(record)
+            self._state.in_flight += 1
+            self._state.peak_in_flight = max(self._state.peak_in_flight, self._state.in_flight)
+
+    def _depart(self, record: RecordedRequest, status: int | None) -> None:
+        with self._lock:
+            record.status, record.ended = status, time.monotonic()
+            self._state.in_flight -= 1
+
+    def _next_reply(self, record: RecordedRequest) -> Reply:
+        """The next scripted reply, else the default one."""
+        with self._lock:
+            reply = self._state.script.popleft() if self._state.script else None
+        record.scripted = reply is not None
+        return reply if reply is not None else self._default_reply(record.model or "")
+
+    def _default_reply(self, model: str) -> Reply:
+        """Rate limit, then random failures, then an image or a text answer depending on the model."""
+        with self._lock:
+            retry_after = self._take_token()
+            if retry_after is not None:
+                self._state.count_429 += 1
+                return rate_limited_reply(retry_after)
+            failed = self.failure_rate > 0 and self._random.random() < self.failure_rate
+        if failed:
+            return internal_error_reply()
+        return image_reply(self.image_size) if "image" in model else text_reply()
+
+    def _bucket_size(self) -> float:
+        return max(1.0, self.requests_per_second or 0.0)
+
+    def _take_token(self) -> float | None:
+        """Token bucket (lock held): None if the request may pass, else seconds until it could."""
+        rate = self.requests_per_second
+        if rate is None:
+            return None
+        now = time.monotonic()
+        state = self._state
+        state.tokens = min(self._bucket_size(), state.tokens + (now - state.refilled_at) * rate)
+        state.refilled_at = now
+        if state.tokens >= 1.0:
+            state.tokens -= 1.0
+            return None
+        return max(0.001, (1.0 - state.tokens) / rate)
+
+    def _finish_body(self, reply: Reply, model: str, request_body: Any) -> dict[str, Any]:
+        """The reply's body, with modelVersion, responseId and token counts filled in for 200s."""
+        assert reply.body is not None
+        body = copy.deepcopy(reply.body)
+        if reply.status != 200:
+            return body
+        body.setdefault("modelVersion", model)
+        body.setdefault("responseId", uuid.uuid4().hex[:22])
+        usage = body.setdefault("usageMetadata", {})
+        usage.setdefault("promptTokenCount", _prompt_tokens(request_body))
+        usage["totalTokenCount"] = usage["promptTokenCount"] + usage.get("candidatesTokenCount", 0)
+        return body
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """One daemon thread per connection; a listen backlog big enough for a burst of new connections."""
+
+    daemon_threads = True
+    request_queue_size = 256  # read by listen() in __init__, so it must be a class attribute
+    gemini: GeminiTestServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes ``POST /{version}/models/{model}:generateContent``; everything else is a Google-style 404."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    server_version = "GeminiTestServer/1.0"
+
+    @property
+    def gemini(self) -> GeminiTestServer:
+        assert isinstance(self.server, _HTTPServer)
+        return self.server.gemini
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.gemini._lock:
+            self.gemini._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.gemini._lock:
+            self.gemini._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests read ``server.requests`` instead."""
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        gemini = self.gemini
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?", 1)[0]
+        route = _ROUTE.match(path)
+        model = route["model"] if route else None
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        record = RecordedRequest(
+            method=self.command,
+            path=self.path,
+            api_version=route["version"] if route else None,
+            model=model,
+            api_key=self.headers.get("x-goog-api-key"),
+            headers=dict(self.headers.items()),
+            body=body,
+            started=time.monotonic(),
+        )
+        gemini._arrive(record)
+        answered = False
+        try:
+            reply = self._check(record) or gemini._next_reply(record)
+            # Every answer waits latency_s, except the rate limiter's quick 429s.
+            delay = reply.delay_s + (0.0 if reply.status == 429 and not record.scripted else gemini.latency_s)
+            if delay > 0 and gemini._stopping.wait(delay):
+                return  # stopping: drop the request unanswered
+            if reply.body is None:  # slow_reply() of the default answer
+                reply = gemini._default_reply(record.model or "")
+            payload = json.dumps(gemini._finish_body(reply, record.model or "", record.body)).encode()
+            gemini._depart(record, reply.status)  # before sending, so a client that has its answer sees it
+            answered = True
+            self._send(reply.status, payload)
+        except OSError:
+            pass  # the client gave up (e.g. timed out) and closed the connection
+        finally:
+            if not answered:
+                gemini._depart(record, None)
+
+    def _check(self, record: RecordedRequest) -> Reply | None:
+        """An error reply for a request the real API would reject, else None."""
+        if record.model is None or record.method != "POST":
+            return error_reply(404, f"Method not found: {record.method} {record.path}")
+        if self.gemini.api_key is not None and record.api_key != self.gemini.api_key:
+            return _invalid_key_reply()
+        if not isinstance(record.body, dict):
+            return error_reply(400, "Invalid JSON payload received.")
+        return None
+
+    def _send(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+
+def _prompt_tokens(request_body: dict[str, Any]) -> int:
+    """A rough count: 4 characters a token for text, 258 tokens an inline image (Gemini's rate)."""
+    contents = [*request_body.get("contents", []), request_body.get("systemInstruction") or {}]
+    parts = [part for content in contents for part in content.get("parts", [])]
+    return sum(258 if "inlineData" in part else len(part.get("text", "")) // 4 + 1 for part in parts)
+
+
+def _invalid_key_reply() -> Reply:
+    return error_reply(
+        400,
+        "API key not valid. Please pass a valid API key.",
+        details=[
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+            }
+        ],
+    )

@@ -1,0 +1,160 @@
+"""The `player_portraits` asset, materialized with Dagster on an ephemeral instance, on both databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from sqlalchemy import func, select
+
+from portrait_pipeline import images, naming
+from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.gemini import GeminiResource
+from portrait_pipeline.io_managers import PortraitIOManager
+from portrait_pipeline.partitions import portrait_partition_key
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.roster import import_roster, read_roster
+
+
+@pytest.fixture
+def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
+    with database.session() as session:
+        import_roster(session, read_roster(demo_roster))
+    return database
+
+
+def materialize(
+    database: DatabaseResource,
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    partition: tuple[str, str],
+    config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> dg.ExecuteInProcessResult:
+    instance = instance or dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("draft_years", [partition[0]])
+    return dg.materialize(
+        [player_portraits],
+        partition_key=portrait_partition_key(*partition),
+        instance=instance,
+        resources={
+            "database": database,
+            "storage": storage,
+            "gemini": gemini,
+            "image_io_manager": PortraitIOManager(storage=storage),
+        },
+        run_config={"ops": {"player_portraits": {"config": config or {}}}},
+        raise_on_error=False,
+    )
+
+
+def test_materializing_a_partition_stores_every_player_and_audits_it(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    result = materialize(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), {"run_key": "t1"})
+    assert result.success
+    storage = storage_resource.get_storage()
+    with roster_loaded.session() as db:
+        players = list(db.scalars(select(Player).where(Player.draft_year == 2025)))
+        snapshot = db.scalars(select(PlayerImageSnapshot)).one()
+        assets = list(db.scalars(select(PlayerImageAsset)))
+    assert snapshot.run_key == "t1" and snapshot.version == 1 and snapshot.is_current
+    assert snapshot.success_count == len(players) == 20 and snapshot.failure_count == 0
+    assert snapshot.model == "offline-renderer" and snapshot.estimated_cost_usd == 0
+    assert snapshot.dagster_run_id == result.run_id and snapshot.partition_key == "2025|default"
+    assert {asset.player_id for asset in assets} == {player.id for player in players}
+    slugs = {player.id: player.slug for player in players}
+    for asset in assets:
+        assert asset.is_current and asset.status == "succeeded" and asset.s3_key
+        data = storage.get(asset.s3_key)
+        assert images.inspect(data).width == 800 and images.inspect(data).height == 1000
+        assert storage.get(naming.current_key(asset.player_id, slugs[asset.player_id], "default")) == data
+        assert images.png_text(data)["portrait:model"] == "offline-renderer"
+
+    materialization = result.asset_materializations_for_node("player_portraits")[0]
+    metadata = materialization.metadata
+    assert metadata["generated"].value == 20
+    assert metadata["prompt_version"].value == "v2.1"
+    assert "data:image/png;base64," in str(metadata["preview"].value)
+    assert metadata["images"].value == 20
+
+
+def test_missing_only_skips_players_who_have_a_current_image(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    first = materialize(roster_loaded, storage_resource, offline_gemini, ("2026", "comic"), {"limit": 5})
+    assert first.success
+    second = materialize(roster_loaded, storage_resource, offline_gemini, ("2026", "comic"), {"missing_only": True})
+    assert second.success
+    metadata = second.asset_materializations_for_node("player_portraits")[0].metadata
+    assert metadata["skipped"].value == 5
+    assert metadata["generated"].value == 10
+    with roster_loaded.session() as db:
+        current = db.scalar(
+            select(func.count()).select_from(PlayerImageAsset).where(PlayerImageAsset.is_current.is_(True))
+        )
+    assert current == 15
+
+
+def test_repeated_run_key_gets_the_next_version(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    for _ in range(2):
+        config = {"run_key": "draft_2025_v1", "player_ids": [1, 2]}
+        assert materialize(roster_loaded, storage_resource, offline_gemini, ("2025", "retro"), config).success
+    with roster_loaded.session() as db:
+        snapshots = list(db.scalars(select(PlayerImageSnapshot).order_by(PlayerImageSnapshot.id)))
+        current_per_player = db.execute(
+            select(PlayerImageAsset.player_id, func.count())
+            .where(PlayerImageAsset.is_current.is_(True))
+            .group_by(PlayerImageAsset.player_id)
+        ).all()
+    assert [(s.run_key, s.version, s.is_current) for s in snapshots] == [
+        ("draft_2025_v1", 1, False),
+        ("draft_2025_v1", 2, True),
+    ]
+    assert sorted(current_per_player) == [(1, 1), (2, 1)]
+
+
+def test_dry_run_writes_nothing_and_reports_the_estimate(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    result = materialize(roster_loaded, storage_resource, offline_gemini, ("2025", "vector"), {"dry_run": True})
+    assert result.success
+    assert result.asset_materializations_for_node("player_portraits") == []
+    observation = result.asset_observations_for_node("player_portraits")[0]
+    assert observation.metadata["would_generate"].value == 20
+    with roster_loaded.session() as db:
+        assert db.scalar(select(func.count()).select_from(PlayerImageSnapshot)) == 0
+    assert not Path(storage_resource.local_dir).exists()
+
+
+def test_downstream_assets_load_the_png_bytes_back(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"player_ids": [1, 2, 3]}
+    assert materialize(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), config, instance).success
+    manager = PortraitIOManager(storage=storage_resource)
+    context = dg.build_input_context(
+        asset_key=dg.AssetKey("player_portraits"),
+        partition_key=str(portrait_partition_key("2025", "default")),
+        asset_partitions_def=player_portraits.partitions_def,
+        instance=instance,
+    )
+    loaded = manager.load_input(context)
+    assert sorted(loaded) == [1, 2, 3]
+    assert all(images.inspect(loaded[player_id]).width == 800 for player_id in loaded)
+
+
+def test_unmigrated_database_fails_the_run_with_the_fix(
+    tmp_path: Path, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    database = DatabaseResource(url=f"sqlite:///{tmp_path / 'empty.db'}")
+    result = materialize(database, storage_resource, offline_gemini, ("2025", "default"))
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "portrait-pipeline db upgrade" in str(failure.cause or failure.message)

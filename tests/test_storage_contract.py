@@ -1,0 +1,248 @@
+"""The storage contract, run against every backend: a local folder and S3 (a real SeaweedFS server)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from portrait_pipeline.errors import StorageError
+from portrait_pipeline.resources import PortraitS3Resource
+from portrait_pipeline.storage import (
+    ALIAS_CACHE_CONTROL,
+    IMMUTABLE_CACHE_CONTROL,
+    ImageStorage,
+    LocalImageStorage,
+    S3ImageStorage,
+    sha256_hex,
+)
+from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401
+
+PNG_A = b"\x89PNG\r\n\x1a\n" + b"first image bytes" * 10
+PNG_B = b"\x89PNG\r\n\x1a\n" + b"second, different bytes" * 10
+CDN = "https://cdn.example.test/portraits"
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[..., ImageStorage]
+    prefix: str  # unique per test: the S3 bucket is shared by the whole session
+
+    def key(self, rest: str) -> str:
+        return f"{self.prefix}{rest}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    prefix = f"contract-{uuid.uuid4().hex[:10]}/"
+    if request.param == "local":
+
+        def make_local(public_url_base: str | None = None) -> ImageStorage:
+            return LocalImageStorage(tmp_path / "images", public_url_base=public_url_base)
+
+        return Backend("local", make_local, prefix)
+    env: SeaweedEnv = request.getfixturevalue("seaweed")
+
+    def make_s3(public_url_base: str | None = None) -> ImageStorage:
+        return env.storage(public_url_base=public_url_base)
+
+    return Backend("s3", make_s3, prefix)
+
+
+# -- the contract, both backends ---------------------------------------------------------------------
+
+
+def test_put_get_round_trip(backend: Backend) -> None:
+    storage = backend.make()
+    key = backend.key("players/1/abc.png")
+    stored = storage.put(key, PNG_A, immutable=True)
+    assert storage.get(key) == PNG_A
+    assert stored.key == key
+    assert stored.sha256 == sha256_hex(PNG_A) == hashlib.sha256(PNG_A).hexdigest()
+    assert stored.size == len(PNG_A)
+    assert stored.bucket == storage.bucket
+    assert stored.public_url == storage.public_url(key)
+
+
+def test_public_url_uses_the_configured_base(backend: Backend) -> None:
+    storage = backend.make(public_url_base=CDN + "/")
+    key = backend.key("players/1/abc.png")
+    assert storage.public_url(key) == f"{CDN}/{key}"
+    assert storage.put(key, PNG_A, immutable=True).public_url == f"{CDN}/{key}"
+
+
+def test_immutable_put_twice_is_fine_and_keeps_the_first_bytes(backend: Backend) -> None:
+    storage = backend.make()
+    key = backend.key("players/2/sha.png")
+    first = storage.put(key, PNG_A, immutable=True)
+    again = storage.put(key, PNG_A, immutable=True)
+    assert again == first
+    storage.put(key, PNG_B, immutable=True)  # never replaces an immutable object
+    assert storage.get(key) == PNG_A
+
+
+def test_current_alias_is_overwritten(backend: Backend) -> None:
+    storage = backend.make()
+    key = backend.key("players/3/current.png")
+    storage.put(key, PNG_A, immutable=False)
+    stored = storage.put(key, PNG_B, immutable=False)
+    assert storage.get(key) == PNG_B
+    assert stored.sha256 == sha256_hex(PNG_B)
+    assert stored.size == len(PNG_B)
+
+
+def test_exists_and_list_keys_by_prefix(backend: Backend) -> None:
+    storage = backend.make()
+    keys = [backend.key("a/1.png"), backend.key("a/2.png"), backend.key("ab/3.png"), backend.key("b/4.png")]
+    for key in keys:
+        storage.put(key, PNG_A, immutable=True)
+    assert storage.exists(keys[0])
+    assert not storage.exists(backend.key("a/missing.png"))
+    assert storage.list_keys(backend.key("a/")) == keys[:2]
+    assert storage.list_keys(backend.key("a")) == keys[:3]
+    assert storage.list_keys(backend.prefix) == sorted(keys)
+    assert storage.list_keys(backend.key("nothing/")) == []
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/../b", "a/./b", "", "a\\b", "a/"])
+def test_unsafe_keys_are_refused(backend: Backend, key: str) -> None:
+    storage = backend.make()
+    with pytest.raises(StorageError, match="unsafe storage key"):
+        storage.put(key, PNG_A, immutable=True)
+    for call in (storage.get, storage.exists, storage.public_url):
+        with pytest.raises(StorageError, match="unsafe storage key"):
+            call(key)
+
+
+def test_missing_key_is_a_storage_error(backend: Backend) -> None:
+    storage = backend.make()
+    key = backend.key("players/404/none.png")
+    with pytest.raises(StorageError) as info:
+        storage.get(key)
+    assert key in str(info.value)
+
+
+# -- S3 specifics ------------------------------------------------------------------------------------
+
+
+def _head(env: SeaweedEnv, key: str) -> dict[str, Any]:
+    client = env.resource().get_client()
+    head: dict[str, Any] = client.head_object(Bucket=env.bucket, Key=key)
+    return head
+
+
+def test_s3_headers_content_type_and_cache_control(seaweed: SeaweedEnv) -> None:  # noqa: F811
+    storage = seaweed.storage()
+    prefix = f"headers-{uuid.uuid4().hex[:10]}"
+    immutable_key, alias_key = f"{prefix}/sha.png", f"{prefix}/current.png"
+    storage.put(immutable_key, PNG_A, immutable=True)
+    storage.put(alias_key, PNG_A, immutable=False)
+    storage.put(f"{prefix}/meta.json", b"{}", immutable=False, content_type="application/json")
+
+    head = _head(seaweed, immutable_key)
+    assert head["ContentType"] == "image/png"
+    assert head["CacheControl"] == IMMUTABLE_CACHE_CONTROL == "public, max-age=31536000, immutable"
+    assert head["ContentLength"] == len(PNG_A)
+    assert head["ETag"].strip('"') == hashlib.md5(PNG_A).hexdigest()
+
+    head = _head(seaweed, alias_key)
+    assert head["ContentType"] == "image/png"
+    assert head["CacheControl"] == ALIAS_CACHE_CONTROL
+    assert _head(seaweed, f"{prefix}/meta.json")["ContentType"] == "application/json"
+
+
+def test_s3_location_and_default_public_url(seaweed: SeaweedEnv) -> None:  # noqa: F811
+    storage = seaweed.storage()
+    assert storage.bucket == "portraits"
+    assert storage.location == "s3://portraits"
+    assert storage.public_url("players/1/x.png") == f"{seaweed.endpoint_url}/portraits/players/1/x.png"
+
+
+def test_s3_without_conditional_put_still_keeps_the_first_bytes(seaweed: SeaweedEnv) -> None:  # noqa: F811
+    client = seaweed.resource().get_client()
+    storage = S3ImageStorage(client, seaweed.bucket, conditional_put=False)
+    key = f"nocond-{uuid.uuid4().hex[:10]}/sha.png"
+    storage.put(key, PNG_A, immutable=True)
+    storage.put(key, PNG_B, immutable=True)
+    assert storage.get(key) == PNG_A
+
+
+def test_seaweedfs_enforces_if_none_match_and_content_md5(seaweed: SeaweedEnv) -> None:  # noqa: F811
+    """What S3ImageStorage relies on: the server refuses a second conditional put and a wrong digest."""
+    client = seaweed.resource().get_client()
+    key = f"server-{uuid.uuid4().hex[:10]}/x.png"
+    client.put_object(Bucket=seaweed.bucket, Key=key, Body=PNG_A, IfNoneMatch="*")
+    with pytest.raises(ClientError) as info:
+        client.put_object(Bucket=seaweed.bucket, Key=key, Body=PNG_B, IfNoneMatch="*")
+    assert info.value.response["Error"]["Code"] == "PreconditionFailed"
+
+    wrong_md5 = base64.b64encode(hashlib.md5(PNG_B).digest()).decode()
+    with pytest.raises(ClientError) as info:
+        client.put_object(Bucket=seaweed.bucket, Key=f"{key}.bad", Body=PNG_A, ContentMD5=wrong_md5)
+    assert info.value.response["Error"]["Code"] == "BadDigest"
+    wrong_sha = base64.b64encode(hashlib.sha256(PNG_B).digest()).decode()
+    with pytest.raises(ClientError) as info:
+        client.put_object(Bucket=seaweed.bucket, Key=f"{key}.bad", Body=PNG_A, ChecksumSHA256=wrong_sha)
+    assert info.value.response["Error"]["Code"] == "BadDigest"
+    assert not S3ImageStorage(client, seaweed.bucket).exists(f"{key}.bad")
+
+
+def _stubbed(method: str, response: dict[str, Any]) -> tuple[S3ImageStorage, Stubber]:
+    client = PortraitS3Resource(
+        endpoint_url="http://127.0.0.1:9", region_name="us-east-1", aws_access_key_id="AK", aws_secret_access_key="SK"
+    ).get_client()
+    stubber = Stubber(client)
+    stubber.add_response(method, response)
+    stubber.activate()
+    return S3ImageStorage(client, "portraits"), stubber
+
+
+def test_s3_put_refuses_an_answer_with_the_wrong_etag() -> None:
+    storage, stubber = _stubbed("put_object", {"ETag": '"' + hashlib.md5(b"other").hexdigest() + '"'})
+    with stubber, pytest.raises(StorageError, match=r"integrity check failed for s3://portraits/k/x\.png"):
+        storage.put("k/x.png", PNG_A, immutable=False)
+
+
+def test_s3_put_refuses_an_answer_with_the_wrong_checksum() -> None:
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    etag = '"' + hashlib.md5(PNG_A).hexdigest() + '"'
+    storage, stubber = _stubbed("put_object", {"ETag": etag, "ChecksumSHA256": wrong})
+    with stubber, pytest.raises(StorageError, match="SHA-256 differs"):
+        storage.put("k/x.png", PNG_A, immutable=True)
+
+
+def test_s3_get_refuses_a_body_that_does_not_match_its_etag() -> None:
+    from io import BytesIO
+
+    from botocore.response import StreamingBody
+
+    body = StreamingBody(BytesIO(PNG_B), len(PNG_B))
+    etag = '"' + hashlib.md5(PNG_A).hexdigest() + '"'
+    storage, stubber = _stubbed("get_object", {"Body": body, "ETag": etag})
+    with stubber, pytest.raises(StorageError, match="corrupted read"):
+        storage.get("k/x.png")
+
+
+# -- local specifics ---------------------------------------------------------------------------------
+
+
+def test_local_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
+    # Tests run as root, where chmod does not block writes: make the root's parent a regular file instead.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    storage = LocalImageStorage(blocker / "images")
+    with pytest.raises(StorageError, match="cannot write"):
+        storage.put("players/1/x.png", PNG_A, immutable=False)
+    with pytest.raises(StorageError, match="cannot read"):
+        storage.get("players/1/x.png")
+    assert not storage.exists("players/1/x.png")
+    assert storage.list_keys("") == []
