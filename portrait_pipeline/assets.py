@@ -97,6 +97,8 @@ def player_portraits(
         )
         return
 
+    image_storage.check_ready()
+
     def log_outcome(outcome: PlayerOutcome) -> None:
         if outcome.status == "failed":
             context.log.warning(f"{outcome.display_name}: failed: {outcome.reason}")

@@ -15,7 +15,7 @@ from portrait_pipeline import roster
 from portrait_pipeline.cohorts import COHORTS, Selection, draft_year_key
 from portrait_pipeline.costs import IMAGE_SIZES
 from portrait_pipeline.db import REPO_ROOT
-from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError
+from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.styles import STYLES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
@@ -134,6 +134,10 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     if args.dry_run:
         print(launch.render_plan(plan))
         return EXIT_OK
+    try:
+        ctx.resources["storage"].get_storage().check_ready()
+    except StorageError as exc:
+        raise ConfigurationError(str(exc)) from None
     summary = launch.run_generation(ctx.instance, ctx.resources, plan)
     print(launch.render_summary(summary))
     return EXIT_FAILURES if summary.failed else EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -31,7 +32,7 @@ def draft_year_key(draft_year: int | None) -> str:
 def parse_draft_year_key(key: str) -> int | None:
     if key == UNDRAFTED:
         return None
-    if not key.isdigit():
+    if not re.fullmatch(r"[0-9]{4}", key):
         raise InvalidInput(f"draft year partition {key!r}: expected a year like 2025 or {UNDRAFTED!r}")
     return int(key)
 

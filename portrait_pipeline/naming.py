@@ -9,10 +9,10 @@ from urllib.parse import quote
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.storage import ImageStorage
 
-SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 PLAYERS_PREFIX = "players/"
-_NEW_FORMAT = re.compile(r"^(?P<id>\d+)_(?P<slug>[a-z0-9-]+)_(?P<style>[a-z]+)\.png$")
-_LEGACY_FORMAT = re.compile(r"^(?P<id>\d+)_(?P<style>[a-z]+)\.jpg$")
+_NEW_FORMAT = re.compile(r"(?P<id>[0-9]+)_(?P<slug>[a-z0-9-]+)_(?P<style>[a-z]+)\.png")
+_LEGACY_FORMAT = re.compile(r"(?P<id>[0-9]+)_(?P<style>[a-z]+)\.jpg")
 
 
 def slugify(name: str) -> str:
@@ -24,7 +24,7 @@ def slugify(name: str) -> str:
 
 def check_slug(slug: str) -> str:
     """Slugs become file names and S3 keys: only `[a-z0-9-]`, never `..` or `/`."""
-    if not SLUG_PATTERN.match(slug) or len(slug) > 120:
+    if not SLUG_PATTERN.fullmatch(slug) or len(slug) > 120:
         raise InvalidInput(f"slug {slug!r}: use lowercase letters, digits and single hyphens")
     return slug
 
@@ -71,7 +71,7 @@ def available_styles(storage: ImageStorage, player_id: int) -> list[str]:
     found: set[str] = set()
     for key in storage.list_keys(f"{PLAYERS_PREFIX}{player_id}_"):
         name = key.removeprefix(PLAYERS_PREFIX)
-        match = _NEW_FORMAT.match(name) or _LEGACY_FORMAT.match(name)
+        match = _NEW_FORMAT.fullmatch(name) or _LEGACY_FORMAT.fullmatch(name)
         if match and int(match["id"]) == player_id:
             found.add(match["style"])
     return sorted(found)

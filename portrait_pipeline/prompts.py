@@ -51,6 +51,8 @@ def sanitize_field(value: str | None, field: str) -> str:
     if not value:
         return ""
     text = unicodedata.normalize("NFC", value)
+    # Invisible format characters (zero-width space, bidi overrides) could hide an instruction from the filter.
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
     text = _CONTROL.sub(" ", text)
     text = _INSTRUCTION_LIKE.sub(" ", text)
     text = " ".join(text.replace("`", "'").split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
 from collections import Counter
@@ -52,8 +53,8 @@ def read_roster(path: Path) -> list[RosterRow]:
         raise InvalidInput(f"roster file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"roster file {path} cannot be read as UTF-8 text: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [column.strip() for column in reader.fieldnames or []]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [column.strip() for column in next(reader, [])]
     if "name" not in header:
         raise InvalidInput(f"{path}: the header has no `name` column (found: {', '.join(header) or 'nothing'})")
     unknown = sorted(set(header) - set(COLUMNS))
@@ -62,9 +63,16 @@ def read_roster(path: Path) -> list[RosterRow]:
 
     rows: list[RosterRow] = []
     errors: list[str] = []
-    for line, raw in enumerate(reader, start=2):
-        values = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
+    end_of_previous = reader.line_num
+    for fields in reader:
+        # A quoted value may span lines: a row is numbered by the line it starts on.
+        line, end_of_previous = end_of_previous + 1, reader.line_num
+        if not fields:
+            continue
+        values = {column: value.strip() for column, value in zip(header, fields, strict=False)}
         try:
+            if len(fields) > len(header):
+                raise InvalidInput(f"{len(fields)} values for {len(header)} columns")
             rows.append(_parse_row(line, values))
         except InvalidInput as exc:
             errors.append(f"{path.name} row {line}: {exc}")

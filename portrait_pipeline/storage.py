@@ -54,6 +54,10 @@ class ImageStorage(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]: ...
 
+    def check_ready(self) -> None:
+        """Fail fast, before any generation is paid for, when the storage cannot be used."""
+        ...
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -133,6 +137,17 @@ class LocalImageStorage:
             return []
         keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
+
+    def check_ready(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise StorageError(
+                f"image folder {self.root} is not writable ({exc.strerror or exc}): "
+                "set IMAGE_LOCAL_DIR to a folder you can write to"
+            ) from None
 
     def _stored(self, key: str, digest: str, size: int) -> StoredObject:
         return StoredObject(bucket=None, key=key, public_url=self.public_url(key), sha256=digest, size=size)
@@ -281,6 +296,15 @@ class S3ImageStorage:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list {self.location}/{prefix}*: {_service_error_code(exc)}") from exc
         return sorted(keys)
+
+    def check_ready(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(
+                f"cannot use bucket {self.location}: {_service_error_code(exc)}; check S3_BUCKET_NAME, "
+                "S3_ENDPOINT_URL and the S3 credentials"
+            ) from None
 
     def _verify_put(self, key: str, response: dict[str, Any], md5: bytes, checksum_sha256: str) -> None:
         etag = str(response.get("ETag") or "").strip('"')

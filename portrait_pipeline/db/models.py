@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -116,7 +117,7 @@ class PlayerImageAsset(Base):
     used_likeness_ref: Mapped[bool] = mapped_column(Boolean, default=False)
     reference_image_url: Mapped[str | None] = mapped_column(Text)
     reference_sha256: Mapped[str | None] = mapped_column(String(64))
-    generation_time_sec: Mapped[float | None] = mapped_column()
+    generation_time_sec: Mapped[float | None] = mapped_column(Float)
     error_message: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(100))
     system_prompt_version: Mapped[str] = mapped_column(String(20))

@@ -1,0 +1,143 @@
+"""The real `portrait-pipeline` console script in a subprocess, against a temp database, instance and folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from portrait_pipeline.db import engine_for, session_scope, upgrade
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.roster import import_roster, read_roster
+
+CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, database_url: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GEMINI_", "S3_", "DAGSTER_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        IMAGE_LOCAL_DIR=str(tmp_path / "images"),
+        PORTRAIT_RENDERER="offline",
+        CURRENT_DRAFT_YEAR="2025",
+    )
+    return env
+
+
+@pytest.fixture
+def run(cli_env: dict[str, str]) -> Run:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *args], env={**cli_env, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+@pytest.fixture
+def seeded(cli_env: dict[str, str], demo_roster: Path) -> dict[str, str]:
+    """Migrated and loaded in-process: the commands under test are the only subprocesses."""
+    url = cli_env["DATABASE_URL"]
+    upgrade(url)
+    with session_scope(engine_for(url)) as db:
+        import_roster(db, read_roster(demo_roster))
+    return cli_env
+
+
+def count(url: str, model: type) -> int:
+    with session_scope(engine_for(url)) as db:
+        return db.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_demo_flow_migrates_imports_and_materializes_a_partition(
+    run: Run, cli_env: dict[str, str], demo_roster: Path
+) -> None:
+    assert run("db", "upgrade").returncode == 0
+    imported = run("players", "import", str(demo_roster))
+    assert imported.returncode == 0, imported.stderr
+    assert "40 created" in imported.stdout and "2025" in imported.stdout
+
+    generated = run("generate", "--draft-year", "2025", "--run-key", "demo_2025")
+    assert generated.returncode == 0, generated.stderr
+    assert "2025|default" in generated.stdout and cli_env["IMAGE_LOCAL_DIR"] in generated.stdout
+    images = sorted((Path(cli_env["IMAGE_LOCAL_DIR"]) / "players").glob("*_default.png"))
+    assert len(images) == 20
+    url = cli_env["DATABASE_URL"]
+    assert count(url, PlayerImageAsset) == 20
+    with session_scope(engine_for(url)) as db:
+        snapshot = db.scalars(select(PlayerImageSnapshot)).one()
+    assert (snapshot.run_key, snapshot.version, snapshot.model) == ("demo_2025", 1, "offline-renderer")
+
+    # The run is on the persistent instance, so `make ui` shows it.
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(cli_env["DAGSTER_HOME"])
+    assert instance.get_run_by_id(snapshot.dagster_run_id or "") is not None
+    assert "2025" in instance.get_dynamic_partitions("draft_years")
+
+
+def test_bad_roster_row_exits_2_with_the_row_and_writes_nothing(
+    run: Run, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run("db", "upgrade").returncode == 0
+    roster = tmp_path / "bad.csv"
+    roster.write_text("name,draft_year\nGood Player,2025\n,2025\nOther Player,20x5\n", encoding="utf-8")
+    result = run("players", "import", str(roster))
+    assert result.returncode == 2
+    assert "row 3" in result.stderr and "row 4" in result.stderr and "20x5" in result.stderr
+    assert count(cli_env["DATABASE_URL"], Player) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--draft-year", "2025", "--style", "pastel"], "--style 'pastel': choose default, vector"),
+        (["generate", "--draft-year", "2025", "--size", "3K"], "--size 3K: choose 512, 1K, 2K, 4K"),
+        (["generate", "--cohort", "rookies"], "invalid choice: 'rookies'"),
+        (["generate", "--player-id", "99999"], "--player-id 99999: no such player"),
+        (["generate", "--draft-year", "2031"], "no players match"),
+        (["generate"], "one of the arguments --player-id --player-slug --cohort --draft-year --all is required"),
+        (["generate", "--draft-year", "2025", "--all"], "not allowed with argument"),
+        (["generate", "--draft-year", "2025", "--likeness-url", "https://x.test/a.jpg"], "needs a single player"),
+        (["generate", "--player-id", "1", "--likeness-url", "file:///etc/passwd"], "only http(s) URLs"),
+        (["players", "import", "/nonexistent/roster.csv"], "does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line_and_write_nothing(
+    run: Run, seeded: dict[str, str], args: list[str], message: str
+) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+    assert count(seeded["DATABASE_URL"], PlayerImageSnapshot) == 0
+
+
+def test_unmigrated_database_exits_2_and_says_how_to_fix(run: Run, demo_roster: Path) -> None:
+    result = run("players", "import", str(demo_roster))
+    assert result.returncode == 2
+    assert "portrait-pipeline db upgrade" in result.stderr
+
+
+def test_unwritable_image_folder_exits_2_before_generating(run: Run, seeded: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run("generate", "--draft-year", "2025", env={"IMAGE_LOCAL_DIR": str(blocker / "images")})
+    assert result.returncode == 2
+    assert "not writable" in result.stderr and "IMAGE_LOCAL_DIR" in result.stderr
+    assert count(seeded["DATABASE_URL"], PlayerImageSnapshot) == 0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(run: Run, seeded: dict[str, str]) -> None:
+    result = run("generate", "--all", "--dry-run", "--style", "default", "--style", "comic")
+    assert result.returncode == 0, result.stderr
+    assert "2025|comic" in result.stdout and "2026|default" in result.stdout and "undrafted|default" in result.stdout
+    assert "total" in result.stdout and "offline-renderer" in result.stdout
+    assert count(seeded["DATABASE_URL"], PlayerImageSnapshot) == 0
+    assert not Path(seeded["IMAGE_LOCAL_DIR"]).exists()
