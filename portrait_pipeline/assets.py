@@ -1,21 +1,26 @@
 """Dagster assets: the shell around portraits.py; each asset reads config and resources, then calls the core."""
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
+from portrait_pipeline.cohorts import players_in_draft_year
 from portrait_pipeline.costs import parse_image_size
-from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.db.models import Player
+from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.image_generation import ImageGenerationService, PlayerOutcome
-from portrait_pipeline.partitions import portrait_partitions
+from portrait_pipeline.likeness import LikenessService
+from portrait_pipeline.partitions import draft_years, portrait_partitions
 from portrait_pipeline.portraits import PartitionRequest, PartitionResult, plan_partition, run_partition
-from portrait_pipeline.prompts import STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
@@ -58,8 +63,81 @@ def partition_request(context: dg.AssetExecutionContext, config: PortraitRunConf
     )
 
 
+class LikenessRunConfig(dg.Config):
+    """Which players to describe; a single player may get an explicit reference URL."""
+
+    player_ids: list[int] = Field(default=[], description="Only these players of the draft year")
+    likeness_url: str | None = Field(default=None, description="Reference URL for a single-player run")
+
+
+@dg.asset(
+    partitions_def=draft_years,
+    group_name="portraits",
+    kinds={"gemini"},
+    code_version=LIKENESS_PROMPT_VERSION,
+)
+def likeness_descriptions(
+    context: dg.AssetExecutionContext,
+    config: LikenessRunConfig,
+    database: DatabaseResource,
+    gemini: GeminiResource,
+    likeness: LikenessResource,
+) -> dg.MaterializeResult:
+    """Neutral descriptions of each player's reference photo, made once per photo content by the vision model."""
+    if config.likeness_url is not None and len(config.player_ids) != 1:
+        raise InvalidInput("likeness_url needs exactly one player in player_ids")
+    check_reference_url(config.likeness_url)
+    service = LikenessService(gemini.describer(), likeness.policy())
+    with database.session() as db:
+        players = players_in_draft_year(db, context.partition_key, config.player_ids)
+        targets = [(p, config.likeness_url or p.reference_image_url) for p in players]
+        rows = asyncio.run(_describe_all(db, service, [(p, url) for p, url in targets if url]))
+    described = sum(1 for row in rows if row["status"] == "described")
+    refused = [row for row in rows if row["status"] == "refused"]
+    for row in refused:
+        context.log.warning(f"{row['player']}: reference refused: {row['detail']}")
+    return dg.MaterializeResult(
+        metadata={
+            "players_with_reference": len(rows),
+            "described_now": described,
+            "reused": sum(1 for row in rows if row["status"] == "reused"),
+            "refused": len(refused),
+            "vision_model": gemini.vision_model if gemini.uses_gemini else "none (offline)",
+            "prompt_version": LIKENESS_PROMPT_VERSION,
+            "descriptions": dg.MetadataValue.md(_likeness_table(rows)),
+        }
+    )
+
+
+async def _describe_all(
+    db: Session, service: LikenessService, targets: list[tuple[Player, str]]
+) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for player, url in targets:
+        row = {"player": player.display_name, "url": url, "sha256": "", "detail": ""}
+        try:
+            likeness, described_now = await service.describe(db, player, url)
+        except PortraitPipelineError as exc:
+            rows.append({**row, "status": "refused", "detail": str(exc)})
+            continue
+        status = "described" if described_now else "reused"
+        rows.append({**row, "status": status, "sha256": likeness.reference_sha256, "detail": likeness.description})
+    return rows
+
+
+def _likeness_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "_no player of this draft year has a reference photo_"
+    lines = ["| player | status | reference sha256 | description or reason |", "|---|---|---|---|"]
+    for row in rows:
+        detail = row["detail"].replace("|", "/").replace("\n", " ")
+        lines.append(f"| {row['player']} | {row['status']} | `{row['sha256'][:16]}` | {detail} |")
+    return "\n".join(lines)
+
+
 @dg.asset(
     partitions_def=portrait_partitions,
+    deps=[likeness_descriptions],
     io_manager_key="image_io_manager",
     code_version=SYSTEM_PROMPT_VERSION,
     pool="gemini",
@@ -73,6 +151,7 @@ def player_portraits(
     database: DatabaseResource,
     storage: ImageStorageResource,
     gemini: GeminiResource,
+    likeness: LikenessResource,
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
     engine = database.check()
@@ -105,7 +184,13 @@ def player_portraits(
         else:
             context.log.info(f"{outcome.display_name}: stored {outcome.key} in {outcome.seconds:.2f}s")
 
-    service = ImageGenerationService(renderer, image_storage)
+    describer = gemini.describer()
+    if request.fetch_likeness and describer is None:
+        context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
+    likeness_service = LikenessService(describer, likeness.policy()) if describer else None
+    service = ImageGenerationService(
+        renderer, image_storage, likeness_service.for_generation if likeness_service else None
+    )
     result = run_partition(engine, service, request, max_concurrency=gemini.max_concurrency, on_outcome=log_outcome)
     if result.failed and not result.generated:
         raise dg.Failure(

@@ -2,13 +2,17 @@
 
 import dagster as dg
 
-from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.assets import likeness_descriptions, player_portraits
 from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.resources import resources_from_env
+from portrait_pipeline.schedules import draft_class_backfill, nba_refresh
+from portrait_pipeline.sensors import new_prospects_sensor
 
 resources = resources_from_env()
 
 defs = dg.Definitions(
-    assets=[player_portraits],
+    assets=[likeness_descriptions, player_portraits],
+    sensors=[new_prospects_sensor],
+    schedules=[draft_class_backfill, nba_refresh],
     resources={**resources, "image_io_manager": PortraitIOManager(storage=resources["storage"])},
 )

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar, get_args
 
 import dagster as dg
+import httpx2
+from aiolimiter import AsyncLimiter
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import Field, PrivateAttr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL, price
 from portrait_pipeline.errors import ConfigurationError, GenerationFailed
 from portrait_pipeline.image_generation import OfflineRenderer, RenderedImage, Renderer, RenderRequest
+from portrait_pipeline.prompts import LIKENESS_PROMPT
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VISION_MODEL = "gemini-2.5-flash"
 RendererChoice = Literal["auto", "gemini", "offline"]
 RENDERER_CHOICES: tuple[RendererChoice, ...] = get_args(RendererChoice)
+T = TypeVar("T")
 
 
 class GeminiResource(dg.ConfigurableResource):
@@ -29,12 +36,16 @@ class GeminiResource(dg.ConfigurableResource):
     base_url: str | None = Field(default=None, description="GEMINI_BASE_URL: a gateway, proxy or test server")
     image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="GEMINI_IMAGE_MODEL")
     vision_model: str = Field(default=DEFAULT_VISION_MODEL, description="GEMINI_VISION_MODEL (likeness)")
-    timeout_s: float = Field(default=120.0, description="Per-request timeout in seconds")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds")
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per call for 429, 5xx and timeouts")
+    retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles, with jitter")
+    retry_max_s: float = Field(default=60.0, ge=0, description="Longest backoff delay")
     max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per run")
     requests_per_minute: int = Field(default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE per run")
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
 
     _client: genai.Client | None = PrivateAttr(default=None)
+    _limiter: AsyncLimiter | None = PrivateAttr(default=None)
 
     @property
     def uses_gemini(self) -> bool:
@@ -49,25 +60,92 @@ class GeminiResource(dg.ConfigurableResource):
         return self.image_model if self.uses_gemini else OfflineRenderer.model
 
     def client(self) -> genai.Client:
-        """One client per resource instance (its HTTP pool is shared by every call)."""
+        """One client per resource instance: its HTTP pool serves every call of the run."""
         if self._client is None:
+            # The SDK's own retries ignore RetryInfo, so `call` retries instead (retry_options stays None).
             options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
             self._client = genai.Client(api_key=self.api_key, http_options=options)
         return self._client
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one API call within the rate limit, retrying 429, 5xx and timeouts with backoff."""
+        if self._limiter is None:
+            # Spread the per-minute quota evenly: bursts are what trigger 429s.
+            self._limiter = AsyncLimiter(self.requests_per_minute / 60, 1)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=_WaitForServer(wait_exponential_jitter(self.retry_initial_s, self.retry_max_s)),
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._limiter:
+                        return await request()
+        except genai_errors.APIError as exc:
+            raise GenerationFailed(_describe_error(exc, attempt.retry_state.attempt_number)) from None
+        except httpx2.HTTPError as exc:
+            attempts = attempt.retry_state.attempt_number
+            raise GenerationFailed(
+                f"Gemini did not answer ({exc.__class__.__name__}) after {attempts} attempt(s)"
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
     def renderer(self) -> Renderer:
         if not self.uses_gemini:
             log.info("No GEMINI_API_KEY: portraits come from the offline renderer (placeholder posters, $0).")
             return OfflineRenderer()
-        return GeminiRenderer(self.client(), self.image_model)
+        return GeminiRenderer(self)
+
+    def describer(self) -> GeminiDescriber | None:
+        """The vision model for likeness; None offline, where no model can look at a photo."""
+        return GeminiDescriber(self) if self.uses_gemini else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429 and 5xx answers and transport timeouts; other 4xx mean the request itself is wrong."""
+    if isinstance(exc, genai_errors.APIError):
+        return exc.code == 429 or exc.code >= 500
+    return isinstance(exc, httpx2.TimeoutException | httpx2.NetworkError)
+
+
+def retry_delay_s(exc: BaseException) -> float | None:
+    """The server's `RetryInfo.retryDelay` ("7s", "0.25s"), which the SDK does not honour itself."""
+    details = getattr(exc, "details", None)
+    error = details.get("error", {}) if isinstance(details, dict) else {}
+    for detail in error.get("details", []) if isinstance(error, dict) else []:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = re.fullmatch(r"([0-9.]+)s", str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+class _WaitForServer:
+    """Exponential backoff with jitter, but never shorter than the delay the server asked for."""
+
+    def __init__(self, backoff: Callable[[RetryCallState], float]) -> None:
+        self._backoff = backoff
+
+    def __call__(self, state: RetryCallState) -> float:
+        backoff = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = retry_delay_s(exc) if exc else None
+        return max(backoff, hinted) if hinted is not None else backoff
+
+
+def _describe_error(exc: genai_errors.APIError, attempts: int) -> str:
+    message = (exc.message or "").strip()[:200]
+    return f"Gemini answered {exc.code} {exc.status or ''} after {attempts} attempt(s): {message}".replace("  ", " ")
 
 
 class GeminiRenderer:
     """Portraits from a Gemini image model, read carefully: no image → a reason, never a crash."""
 
-    def __init__(self, client: genai.Client, model: str) -> None:
-        self._client = client
-        self.model = model
+    def __init__(self, gemini: GeminiResource) -> None:
+        self._gemini = gemini
+        self.model = gemini.image_model
 
     async def render(self, request: RenderRequest) -> RenderedImage:
         api_size = price(self.model, request.size).api_size
@@ -76,16 +154,34 @@ class GeminiRenderer:
             response_modalities=["IMAGE"],
             image_config=types.ImageConfig(aspect_ratio="4:5", image_size=api_size),
         )
-        try:
-            response = await self._client.aio.models.generate_content(
-                model=self.model, contents=request.user_prompt, config=config
-            )
-        except genai_errors.APIError as exc:
-            raise GenerationFailed(f"Gemini answered {exc.code} {exc.status}: {exc.message}") from None
-        return _image_from(response)
+        client = self._gemini.client()
+        response = await self._gemini.call(
+            lambda: client.aio.models.generate_content(model=self.model, contents=request.user_prompt, config=config)
+        )
+        return image_from(response)
 
 
-def _image_from(response: types.GenerateContentResponse) -> RenderedImage:
+class GeminiDescriber:
+    """Neutral descriptions of reference photos from the vision model (the seed's likeness step)."""
+
+    def __init__(self, gemini: GeminiResource) -> None:
+        self._gemini = gemini
+        self.model = gemini.vision_model
+
+    async def describe(self, image: bytes, mime_type: str) -> str:
+        client = self._gemini.client()
+        contents: Any = [types.Part.from_bytes(data=image, mime_type=mime_type), LIKENESS_PROMPT]
+        response = await self._gemini.call(
+            lambda: client.aio.models.generate_content(model=self.model, contents=contents)
+        )
+        text = (response.text or "").strip()
+        if not text:
+            raise GenerationFailed(f"the vision model returned no description ({_finish_reason(response)})")
+        return text
+
+
+def image_from(response: types.GenerateContentResponse) -> RenderedImage:
+    """The first image part of an answer, with token usage; otherwise a reason in words."""
     usage = response.usage_metadata
     tokens = {
         "prompt_tokens": usage.prompt_token_count if usage else None,
@@ -93,16 +189,23 @@ def _image_from(response: types.GenerateContentResponse) -> RenderedImage:
         "total_tokens": usage.total_token_count if usage else None,
     }
     if response.prompt_feedback and response.prompt_feedback.block_reason:
-        raise GenerationFailed(f"prompt blocked by Gemini ({response.prompt_feedback.block_reason.value})")
+        raise GenerationFailed(f"no image: Gemini blocked the prompt ({response.prompt_feedback.block_reason.value})")
     if not response.candidates:
-        raise GenerationFailed("Gemini returned no candidates")
+        raise GenerationFailed("no image: Gemini returned no candidates")
     candidate = response.candidates[0]
     parts = candidate.content.parts if candidate.content and candidate.content.parts else []
     for part in parts:
         if part.inline_data and part.inline_data.data:
             return RenderedImage(data=part.inline_data.data, **tokens)
-    reason = candidate.finish_reason.value if candidate.finish_reason else "unknown"
+    reason = _finish_reason(response)
     text = " ".join(part.text for part in parts if part.text)[:200]
-    if reason != "STOP":
+    if reason not in ("STOP", "unknown"):
         raise GenerationFailed(f"no image: Gemini stopped with finish reason {reason}")
-    raise GenerationFailed(f"no image: Gemini answered with text only ({text!r})" if text else "no image in answer")
+    if text:
+        raise GenerationFailed(f"no image: Gemini answered with text only ({text!r})")
+    raise GenerationFailed("no image in Gemini's answer")
+
+
+def _finish_reason(response: types.GenerateContentResponse) -> str:
+    candidate = response.candidates[0] if response.candidates else None
+    return candidate.finish_reason.value if candidate and candidate.finish_reason else "unknown"

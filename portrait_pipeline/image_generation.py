@@ -18,6 +18,7 @@ from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS, ImageSize,
 from portrait_pipeline.db import session_scope
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.renderer import render_portrait
 from portrait_pipeline.storage import ImageStorage, sha256_hex
@@ -62,15 +63,6 @@ class OfflineRenderer:
         width, height = TARGET_DIMENSIONS[request.size]
         data = await asyncio.to_thread(render_portrait, request.seed, request.style, width, height)
         return RenderedImage(data=data)
-
-
-@dataclass(frozen=True)
-class Likeness:
-    """A neutral description of a reference photo; only this text, never the photo, reaches the image model."""
-
-    description: str
-    reference_url: str
-    reference_sha256: str
 
 
 LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]

@@ -1,7 +1,12 @@
-"""Fetch a player's reference photo for the likeness feature, refusing anything that could reach inside the network."""
+"""Likeness: fetch a reference photo safely, have it described once, keep the description per content hash.
+
+Fetching refuses anything that could reach inside the network (SSRF). Only the description, never the photo,
+reaches the image model: that is the seed's copyright argument.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import ipaddress
@@ -10,13 +15,18 @@ import ssl
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
+from portrait_pipeline.db.models import Player, PlayerLikeness
 from portrait_pipeline.errors import ConfigurationError, GenerationFailed, ReferenceImageRejected
+from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION
 from portrait_pipeline.storage import sha256_hex
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -312,3 +322,80 @@ def _decode(data: bytes, label: str) -> Image.Image:
         return images.decode(data, "the image")
     except GenerationFailed as exc:
         raise ReferenceImageRejected(f"{label}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Likeness:
+    """A neutral description of a reference photo; only this text, never the photo, reaches the image model."""
+
+    description: str
+    reference_url: str
+    reference_sha256: str
+
+
+class Describer(Protocol):
+    """A vision model that turns a photo into words (Gemini's, in production)."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def describe(self, image: bytes, mime_type: str) -> str: ...
+
+
+class LikenessService:
+    """Descriptions of players' reference photos: fetched safely, described once per content, stored."""
+
+    def __init__(self, describer: Describer | None, policy: FetchPolicy) -> None:
+        self.describer = describer
+        self.policy = policy
+
+    async def describe(self, db: Session, player: Player, url: str) -> tuple[Likeness, bool]:
+        """Fetch the reference; reuse the stored description of the same bytes, else describe and store.
+
+        Returns the likeness and whether the vision model was called.
+        """
+        reference = await asyncio.to_thread(fetch_reference, url, self.policy)
+        stored = _stored(db, player.id, reference.sha256)
+        if stored is not None:
+            return _likeness(stored, url), False
+        if self.describer is None:
+            raise GenerationFailed("no vision model to describe the reference offline: set GEMINI_API_KEY")
+        description = await self.describer.describe(reference.data, reference.mime_type)
+        row = PlayerLikeness(
+            player_id=player.id,
+            reference_url=url,
+            reference_sha256=reference.sha256,
+            description=description,
+            model=self.describer.model,
+            prompt_version=LIKENESS_PROMPT_VERSION,
+        )
+        try:
+            db.add(row)
+            db.commit()
+        except IntegrityError:  # another run described the same photo meanwhile: keep theirs
+            db.rollback()
+            row = _stored(db, player.id, reference.sha256) or row
+        return _likeness(row, url), True
+
+    async def for_generation(self, db: Session, player: Player, url: str) -> Likeness:
+        """The newest description of this URL (from `likeness_descriptions`), or one made now."""
+        stored = db.scalar(
+            select(PlayerLikeness)
+            .where(PlayerLikeness.player_id == player.id, PlayerLikeness.reference_url == url)
+            .order_by(PlayerLikeness.created_at.desc(), PlayerLikeness.id.desc())
+            .limit(1)
+        )
+        if stored is not None:
+            return _likeness(stored, url)
+        likeness, _ = await self.describe(db, player, url)
+        return likeness
+
+
+def _stored(db: Session, player_id: int, sha256: str) -> PlayerLikeness | None:
+    return db.scalar(
+        select(PlayerLikeness).where(PlayerLikeness.player_id == player_id, PlayerLikeness.reference_sha256 == sha256)
+    )
+
+
+def _likeness(row: PlayerLikeness, url: str) -> Likeness:
+    return Likeness(description=row.description, reference_url=url, reference_sha256=row.reference_sha256)

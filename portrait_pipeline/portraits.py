@@ -175,9 +175,7 @@ def run_partition(
     )
     failed = any(outcome.status == "failed" for outcome in outcomes)
     with session_scope(engine) as db:
-        audit.finish_snapshot(
-            db, snapshot_id, skipped=len(plan.skipped), status="completed_with_failures" if failed else "succeeded"
-        )
+        audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status="partial" if failed else "succeeded")
         portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
     return PartitionResult(
         plan=plan,

@@ -20,6 +20,7 @@ from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.gemini import DEFAULT_VISION_MODEL, RENDERER_CHOICES, GeminiResource, RendererChoice
+from portrait_pipeline.likeness import FetchPolicy
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
 from portrait_pipeline.styles import STYLES, Style
 
@@ -127,6 +128,17 @@ class ImageStorageResource(dg.ConfigurableResource):
         return S3ImageStorage(client, self.bucket_name, self.public_url_base)
 
 
+class LikenessResource(dg.ConfigurableResource):
+    """How reference photos may be fetched: the SSRF allow-list and limits."""
+
+    allow_hosts: str | None = Field(default=None, description="LIKENESS_FETCH_ALLOW_HOSTS: host:port,host:port")
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest reference accepted")
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for one fetch")
+
+    def policy(self) -> FetchPolicy:
+        return FetchPolicy.from_allow_list(self.allow_hosts, max_bytes=self.max_bytes, timeout_s=self.timeout_s)
+
+
 class PortraitSettings(dg.ConfigurableResource):
     """Project settings that are not credentials: the current draft class and what automation covers."""
 
@@ -188,6 +200,7 @@ def resources_from_env() -> dict[str, Any]:
             renderer_choice=_env_choice("PORTRAIT_RENDERER", RENDERER_CHOICES),
         ),
         "settings": settings,
+        "likeness": LikenessResource(allow_hosts=env.get("LIKENESS_FETCH_ALLOW_HOSTS") or None),
     }
 
 

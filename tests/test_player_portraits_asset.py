@@ -17,6 +17,7 @@ from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.partitions import portrait_partition_key
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
 from portrait_pipeline.roster import import_roster, read_roster
+from tests.helpers import materialize_portraits, resources_for
 
 
 @pytest.fixture
@@ -34,21 +35,7 @@ def materialize(
     config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
-    instance = instance or dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("draft_years", [partition[0]])
-    return dg.materialize(
-        [player_portraits],
-        partition_key=portrait_partition_key(*partition),
-        instance=instance,
-        resources={
-            "database": database,
-            "storage": storage,
-            "gemini": gemini,
-            "image_io_manager": PortraitIOManager(storage=storage),
-        },
-        run_config={"ops": {"player_portraits": {"config": config or {}}}},
-        raise_on_error=False,
-    )
+    return materialize_portraits(resources_for(database, storage, gemini), partition, config, instance)
 
 
 def test_materializing_a_partition_stores_every_player_and_audits_it(

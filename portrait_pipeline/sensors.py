@@ -1,0 +1,192 @@
+"""The new-prospects sensor: reads player changes since its cursor and asks for portraits where some are missing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.cohorts import UNDRAFTED, draft_year_key, parse_draft_year_key
+from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.partitions import draft_years, portrait_partition_key
+from portrait_pipeline.resources import DatabaseResource, PortraitSettings
+from portrait_pipeline.styles import Style
+
+SENSOR_RUN_KEY_PREFIX = "new_prospects"
+
+
+@dataclass(frozen=True)
+class ChangeCursor:
+    """The last player change already handled; changes are read in (updated_at, id) order."""
+
+    updated_at: datetime
+    player_id: int
+
+    def to_json(self) -> str:
+        return json.dumps({"updated_at": self.updated_at.isoformat(), "id": self.player_id})
+
+    @classmethod
+    def from_json(cls, value: str | None) -> ChangeCursor | None:
+        """None for a sensor that never ran; a cursor edited into something else is an error, not a rescan."""
+        if not value:
+            return None
+        try:
+            data = json.loads(value)
+            return cls(updated_at=as_utc(datetime.fromisoformat(data["updated_at"])), player_id=int(data["id"]))
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInput(
+                f'sensor cursor {value!r}: expected {{"updated_at": "<ISO time>", "id": <player id>}}; '
+                "clear the cursor to rescan every player"
+            ) from None
+
+
+@dataclass(frozen=True)
+class PartitionNeed:
+    """A (draft year, style) partition touched by a change that still has players without a current image."""
+
+    draft_year_key: str
+    style: Style
+    missing: int
+    with_reference: bool
+    changed_through: datetime
+
+    @property
+    def run_key(self) -> str:
+        """The same change always gives the same key, so Dagster launches its run once."""
+        return f"{SENSOR_RUN_KEY_PREFIX}:{self.draft_year_key}|{self.style}:{self.changed_through.isoformat()}"
+
+
+@dataclass(frozen=True)
+class PendingPartitions:
+    """What one sensor evaluation found: draft years touched, partitions to fill, and the new cursor."""
+
+    draft_year_keys: list[str]
+    needs: list[PartitionNeed]
+    cursor: ChangeCursor | None
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC times, PostgreSQL aware ones in the session's zone: compare them as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _after(cursor: ChangeCursor) -> ColumnElement[bool]:
+    # Spelled out rather than a row-value comparison so both SQLite and PostgreSQL can use an (updated_at, id) index.
+    return or_(
+        Player.updated_at > cursor.updated_at,
+        and_(Player.updated_at == cursor.updated_at, Player.id > cursor.player_id),
+    )
+
+
+def _through(cursor: ChangeCursor) -> ColumnElement[bool]:
+    return or_(
+        Player.updated_at < cursor.updated_at,
+        and_(Player.updated_at == cursor.updated_at, Player.id <= cursor.player_id),
+    )
+
+
+def _in_draft_years(keys: Sequence[str]) -> ColumnElement[bool]:
+    """Players of these draft-year keys; needs at least one key."""
+    years = [year for year in map(parse_draft_year_key, keys) if year is not None]
+    conditions = [Player.draft_year.in_(years)] if years else []
+    if UNDRAFTED in keys:
+        conditions.append(Player.draft_year.is_(None))
+    return or_(*conditions)
+
+
+def latest_change(session: Session, since: ChangeCursor | None) -> ChangeCursor | None:
+    """The newest player change after `since`, or None when nothing changed."""
+    query = select(Player.updated_at, Player.id).order_by(Player.updated_at.desc(), Player.id.desc()).limit(1)
+    if since is not None:
+        query = query.where(_after(since))
+    row = session.execute(query).first()
+    return None if row is None else ChangeCursor(updated_at=as_utc(row.updated_at), player_id=row.id)
+
+
+def changed_draft_years(session: Session, since: ChangeCursor | None, through: ChangeCursor) -> dict[str, datetime]:
+    """Each draft year with changes in (since, through], and the time of its latest change."""
+    query = select(Player.draft_year, func.max(Player.updated_at)).where(_through(through)).group_by(Player.draft_year)
+    if since is not None:
+        query = query.where(_after(since))
+    return {draft_year_key(year): as_utc(latest) for year, latest in session.execute(query)}
+
+
+def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -> dict[str, tuple[int, bool]]:
+    """Per draft year: how many players lack a current image in `style`, and whether any of them has a reference."""
+    if not keys:
+        return {}
+    has_current = exists().where(
+        PlayerImageAsset.player_id == Player.id,
+        PlayerImageAsset.style == style,
+        PlayerImageAsset.is_current.is_(True),
+    )
+    query = (
+        select(Player.draft_year, func.count(), func.count(Player.reference_image_url))
+        .where(_in_draft_years(keys), ~has_current)
+        .group_by(Player.draft_year)
+    )
+    return {draft_year_key(year): (missing, refs > 0) for year, missing, refs in session.execute(query)}
+
+
+def pending_partitions(session: Session, since: ChangeCursor | None, styles: Sequence[Style]) -> PendingPartitions:
+    """Partitions that changes after `since` leave with players lacking a portrait; one aggregate query per style."""
+    # The upper bound is read first and every later query stops at it, so a row committed meanwhile waits for
+    # the next evaluation instead of slipping under the new cursor unseen.
+    through = latest_change(session, since)
+    if through is None:
+        return PendingPartitions(draft_year_keys=[], needs=[], cursor=since)
+    changed = changed_draft_years(session, since, through)
+    keys = sorted(changed)
+    needs = [
+        PartitionNeed(key, style, missing, with_reference, changed[key])
+        for style in styles
+        for key, (missing, with_reference) in missing_by_draft_year(session, keys, style).items()
+    ]
+    needs.sort(key=lambda need: (need.draft_year_key, styles.index(need.style)))
+    return PendingPartitions(draft_year_keys=keys, needs=needs, cursor=through)
+
+
+def run_request(need: PartitionNeed) -> dg.RunRequest:
+    """Missing-only, so a run that starts late or twice only fills the gaps still open."""
+    config = {"missing_only": True, "fetch_likeness": need.with_reference}
+    return dg.RunRequest(
+        run_key=need.run_key,
+        partition_key=portrait_partition_key(need.draft_year_key, need.style),
+        run_config={"ops": {"player_portraits": {"config": config}}},
+        tags={"portrait/launched_by": "new_prospects_sensor"},
+    )
+
+
+@dg.sensor(
+    target=player_portraits,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Portraits for new or changed players: one missing-only run per partition that lacks some.",
+)
+def new_prospects_sensor(
+    context: dg.SensorEvaluationContext, database: DatabaseResource, settings: PortraitSettings
+) -> dg.SensorResult:
+    """Fill portrait gaps as the roster changes, without rescanning players it has already seen."""
+    since = ChangeCursor.from_json(context.cursor)
+    with database.session() as session:
+        pending = pending_partitions(session, since, settings.automated_styles())
+    if pending.cursor is None or pending.cursor == since:
+        return dg.SensorResult(skip_reason="no player changed since the last evaluation", cursor=context.cursor)
+    known = set(draft_years.get_partition_keys(dynamic_partitions_store=context.instance))
+    new_years = [key for key in pending.draft_year_keys if key not in known]
+    if pending.needs:
+        missing = sum(need.missing for need in pending.needs)
+        context.log.info(f"{len(pending.needs)} partitions have {missing} players without a current portrait")
+    return dg.SensorResult(
+        run_requests=[run_request(need) for need in pending.needs],
+        skip_reason=None if pending.needs else "every changed player already has a current portrait",
+        dynamic_partitions_requests=[draft_years.build_add_request(new_years)] if new_years else [],
+        cursor=pending.cursor.to_json(),
+    )

@@ -1,0 +1,65 @@
+"""Small helpers shared by the Dagster-level tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from portrait_pipeline.assets import likeness_descriptions, player_portraits
+from portrait_pipeline.gemini import GeminiResource
+from portrait_pipeline.io_managers import PortraitIOManager
+from portrait_pipeline.partitions import portrait_partition_key
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+
+
+def resources_for(
+    database: DatabaseResource,
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    likeness: LikenessResource | None = None,
+) -> dict[str, Any]:
+    return {
+        "database": database,
+        "storage": storage,
+        "gemini": gemini,
+        "likeness": likeness or LikenessResource(),
+        "image_io_manager": PortraitIOManager(storage=storage),
+    }
+
+
+def materialize_portraits(
+    resources: dict[str, Any],
+    partition: tuple[str, str],
+    config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One partition of `player_portraits`, the way the UI or the CLI launches it."""
+    instance = instance or dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("draft_years", [partition[0]])
+    return dg.materialize(
+        [player_portraits],
+        partition_key=portrait_partition_key(*partition),
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"player_portraits": {"config": config or {}}}},
+        raise_on_error=False,
+    )
+
+
+def materialize_likeness(
+    resources: dict[str, Any],
+    draft_year: str,
+    config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> dg.ExecuteInProcessResult:
+    instance = instance or dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("draft_years", [draft_year])
+    return dg.materialize(
+        [likeness_descriptions],
+        partition_key=draft_year,
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"likeness_descriptions": {"config": config or {}}}},
+        raise_on_error=False,
+    )
