@@ -3,6 +3,7 @@
 import asyncio
 import base64
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import dagster as dg
@@ -15,7 +16,7 @@ from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.db.models import Player
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.image_generation import ImageGenerationService, PlayerOutcome
+from portrait_pipeline.image_generation import BatchLimits, ImageGenerationService, PlayerOutcome
 from portrait_pipeline.likeness import LikenessService
 from portrait_pipeline.partitions import draft_years, portrait_partitions
 from portrait_pipeline.portraits import PartitionRequest, PartitionResult, plan_partition, run_partition
@@ -40,6 +41,8 @@ class PortraitRunConfig(dg.Config):
     fetch_likeness: bool = Field(default=False, description="Use reference-photo descriptions in the prompt")
     likeness_url: str | None = Field(default=None, description="Reference URL for a single-player run")
     cohort: str | None = Field(default=None, description="Cohort label recorded on the snapshot")
+    max_cost_usd: float | None = Field(default=None, ge=0, description="Stop starting calls past this spend")
+    max_consecutive_failures: int = Field(default=10, ge=1, description="Circuit breaker: failures in a row")
 
 
 def partition_request(context: dg.AssetExecutionContext, config: PortraitRunConfig, model: str) -> PartitionRequest:
@@ -191,7 +194,16 @@ def player_portraits(
     service = ImageGenerationService(
         renderer, image_storage, likeness_service.for_generation if likeness_service else None
     )
-    result = run_partition(engine, service, request, max_concurrency=gemini.max_concurrency, on_outcome=log_outcome)
+    limits = BatchLimits(
+        max_concurrency=gemini.max_concurrency,
+        max_consecutive_failures=config.max_consecutive_failures,
+        max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
+    )
+    result = run_partition(engine, service, request, limits, on_outcome=log_outcome)
+    if result.tripped:
+        raise dg.Failure(
+            description=f"{result.stopped}; {len(result.failed)} failed", metadata=summary_metadata(result)
+        )
     if result.failed and not result.generated:
         raise dg.Failure(
             description=f"every player failed ({len(result.failed)}): {result.failed[0].reason}",
@@ -206,6 +218,8 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "generated": len(result.generated),
         "skipped": len(result.plan.skipped),
         "failed": len(result.failed),
+        "not_started": len(result.not_started),
+        "stopped": result.stopped or "no",
         "failures": dg.MetadataValue.md(
             "\n".join(f"- {outcome.display_name}: {outcome.reason}" for outcome in result.failed) or "none"
         ),

@@ -172,7 +172,7 @@ class PlayerOutcome:
 
     player_id: int
     display_name: str
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "not_started"]
     reason: str | None = None
     asset_id: int | None = None
     seconds: float = 0.0
@@ -184,56 +184,121 @@ class PlayerOutcome:
     reference_url: str | None = None
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """What every player of one batch shares."""
+
+    snapshot_id: int
+    style: Style
+    image_size: ImageSize
+    fetch_likeness: bool = False
+    likeness_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How hard a batch may push: calls in flight, failures in a row, money."""
+
+    max_concurrency: int = 8
+    max_consecutive_failures: int | None = 10
+    max_cost_usd: Decimal | None = None
+
+
+DEFAULT_LIMITS = BatchLimits()
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[PlayerOutcome]
+    stopped: str | None = None  # why the batch stopped starting calls early, if it did
+
+
+class _Breaker:
+    """Decides whether another call may start: the circuit breaker and the budget, in one place."""
+
+    def __init__(self, limits: BatchLimits, cost_per_image: Decimal) -> None:
+        self.limits = limits
+        self.cost_per_image = cost_per_image
+        self.consecutive_failures = 0
+        self.spent = Decimal("0")
+        self.in_flight = 0
+        self.stopped: str | None = None
+
+    def may_start(self) -> bool:
+        limit = self.limits.max_consecutive_failures
+        if self.stopped is None and limit is not None and self.consecutive_failures >= limit:
+            self.stopped = f"circuit breaker: {self.consecutive_failures} consecutive failures, no new calls started"
+        budget = self.limits.max_cost_usd
+        committed = self.spent + (self.in_flight + 1) * self.cost_per_image
+        if self.stopped is None and budget is not None and committed > budget:
+            self.stopped = f"budget: ${self.spent:.2f} spent + {self.in_flight} in flight would pass ${budget:.2f}"
+        return self.stopped is None
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, outcome: PlayerOutcome) -> None:
+        self.in_flight -= 1
+        self.spent += outcome.cost_usd
+        self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
+
+
 async def generate_batch(
     engine: Engine,
     service: ImageGenerationService,
-    snapshot_id: int,
+    job: BatchJob,
     player_ids: Sequence[int],
-    style: Style,
-    image_size: ImageSize,
-    *,
-    fetch_likeness: bool = False,
-    likeness_url: str | None = None,
-    max_concurrency: int = 8,
+    limits: BatchLimits = DEFAULT_LIMITS,
     on_outcome: Callable[[PlayerOutcome], None] | None = None,
-) -> list[PlayerOutcome]:
-    """Generate for many players at once, each in its own session, at most `max_concurrency` in flight."""
-    gate = asyncio.Semaphore(max_concurrency)
+) -> BatchResult:
+    """Generate for many players at once, each durable on its own; stop starting calls when a limit says so.
 
-    async def one(player_id: int) -> PlayerOutcome:
-        async with gate:
-            outcome = await _generate_one(
-                engine, service, snapshot_id, player_id, style, image_size, fetch_likeness, likeness_url
-            )
+    Calls are started lazily, so at most `max_concurrency` images are in memory, whatever the batch size.
+    """
+    gate = asyncio.Semaphore(limits.max_concurrency)
+    breaker = _Breaker(limits, price(service.renderer.model, job.image_size).usd_per_image)
+    outcomes: list[PlayerOutcome] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(player_id: int) -> None:
+        try:
+            outcome = await _generate_one(engine, service, job, player_id)
+        finally:
+            gate.release()
+        breaker.finished(outcome)
+        outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
-        return outcome
 
-    return list(await asyncio.gather(*(one(player_id) for player_id in player_ids)))
+    pending = list(player_ids)
+    while pending:
+        await gate.acquire()
+        if not breaker.may_start():
+            gate.release()
+            break
+        breaker.started()
+        tasks.append(asyncio.create_task(one(pending.pop(0))))
+    await asyncio.gather(*tasks)
+    for player_id in pending:
+        outcomes.append(PlayerOutcome(player_id, f"player {player_id}", "not_started", breaker.stopped))
+    return BatchResult(outcomes=outcomes, stopped=breaker.stopped)
 
 
 async def _generate_one(
-    engine: Engine,
-    service: ImageGenerationService,
-    snapshot_id: int,
-    player_id: int,
-    style: Style,
-    image_size: ImageSize,
-    fetch_likeness: bool,
-    likeness_url: str | None,
+    engine: Engine, service: ImageGenerationService, job: BatchJob, player_id: int
 ) -> PlayerOutcome:
     try:
         with session_scope(engine) as db:
             player = db.get_one(Player, player_id)
-            snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
+            snapshot = db.get_one(PlayerImageSnapshot, job.snapshot_id)
             asset = await service.generate_for_player(
                 db=db,
                 player=player,
                 snapshot=snapshot,
-                style=style,
-                fetch_likeness=fetch_likeness,
-                image_size=image_size,
-                likeness_url=likeness_url,
+                style=job.style,
+                fetch_likeness=job.fetch_likeness,
+                image_size=job.image_size,
+                likeness_url=job.likeness_url,
             )
             return outcome_of(asset, player)
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player

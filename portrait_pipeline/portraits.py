@@ -16,7 +16,15 @@ from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_yea
 from portrait_pipeline.costs import ImageSize, estimate_cost
 from portrait_pipeline.db import session_scope
 from portrait_pipeline.db.models import Player, PlayerImageAsset
-from portrait_pipeline.image_generation import ImageGenerationService, PlayerOutcome, generate_batch
+from portrait_pipeline.image_generation import (
+    DEFAULT_LIMITS,
+    BatchJob,
+    BatchLimits,
+    BatchResult,
+    ImageGenerationService,
+    PlayerOutcome,
+    generate_batch,
+)
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage
 from portrait_pipeline.styles import Style
@@ -89,6 +97,16 @@ class PartitionResult:
     outcomes: list[PlayerOutcome]
     wall_time_s: float
     portraits: list[Portrait] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def tripped(self) -> bool:
+        """The circuit breaker stopped the batch: the run must end failed."""
+        return bool(self.stopped and self.stopped.startswith("circuit breaker"))
+
+    @property
+    def not_started(self) -> list[PlayerOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "not_started"]
 
     @property
     def generated(self) -> list[PlayerOutcome]:
@@ -130,8 +148,7 @@ def run_partition(
     engine: Engine,
     service: ImageGenerationService,
     request: PartitionRequest,
-    *,
-    max_concurrency: int = 8,
+    limits: BatchLimits = DEFAULT_LIMITS,
     on_outcome: Callable[[PlayerOutcome], None] | None = None,
 ) -> PartitionResult:
     """Plan, open the snapshot, generate every planned player, close the snapshot."""
@@ -159,33 +176,28 @@ def run_partition(
             ),
         )
         snapshot_id, version = snapshot.id, snapshot.version
-    outcomes = asyncio.run(
-        generate_batch(
-            engine,
-            service,
-            snapshot_id,
-            [player.id for player in plan.to_generate],
-            request.style,
-            request.image_size,
-            fetch_likeness=request.fetch_likeness,
-            likeness_url=request.likeness_url,
-            max_concurrency=max_concurrency,
-            on_outcome=on_outcome,
-        )
-    )
-    failed = any(outcome.status == "failed" for outcome in outcomes)
+    job = BatchJob(snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url)
+    player_ids = [player.id for player in plan.to_generate]
+    batch = asyncio.run(generate_batch(engine, service, job, player_ids, limits, on_outcome))
     with session_scope(engine) as db:
-        audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status="partial" if failed else "succeeded")
+        audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
         portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
     return PartitionResult(
         plan=plan,
         snapshot_id=snapshot_id,
         snapshot_version=version,
         run_key=run_key,
-        outcomes=outcomes,
+        outcomes=batch.outcomes,
         wall_time_s=time.monotonic() - started,
         portraits=portraits,
+        stopped=batch.stopped,
     )
+
+
+def _status(batch: BatchResult) -> str:
+    if batch.stopped:
+        return "failed" if batch.stopped.startswith("circuit breaker") else "stopped"
+    return "partial" if any(outcome.status == "failed" for outcome in batch.outcomes) else "succeeded"
 
 
 def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
