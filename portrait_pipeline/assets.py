@@ -16,12 +16,12 @@ from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.db.models import Player
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.image_generation import BatchLimits, ImageGenerationService, PlayerOutcome
+from portrait_pipeline.image_generation import BatchLimits, PlayerOutcome
 from portrait_pipeline.likeness import LikenessService
 from portrait_pipeline.partitions import draft_years, portrait_partitions
 from portrait_pipeline.portraits import PartitionRequest, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, generation_service
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
@@ -187,13 +187,9 @@ def player_portraits(
         else:
             context.log.info(f"{outcome.display_name}: stored {outcome.key} in {outcome.seconds:.2f}s")
 
-    describer = gemini.describer()
-    if request.fetch_likeness and describer is None:
+    if request.fetch_likeness and not gemini.uses_gemini:
         context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
-    likeness_service = LikenessService(describer, likeness.policy()) if describer else None
-    service = ImageGenerationService(
-        renderer, image_storage, likeness_service.for_generation if likeness_service else None
-    )
+    service = generation_service(storage, gemini, likeness)
     limits = BatchLimits(
         max_concurrency=gemini.max_concurrency,
         max_consecutive_failures=config.max_consecutive_failures,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from portrait_pipeline import roster
-from portrait_pipeline.cohorts import COHORTS, Selection, draft_year_key
+from portrait_pipeline.cohorts import COHORTS, Selection, current_styles, draft_year_key, select_players
 from portrait_pipeline.costs import IMAGE_SIZES
 from portrait_pipeline.db import REPO_ROOT
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     player_commands = players.add_subparsers(dest="players_command", required=True, parser_class=_Parser)
     importer = player_commands.add_parser("import", help="upsert players from a CSV file, all or nothing")
     importer.add_argument("file", type=Path)
+    lister = player_commands.add_parser("list", help="players of a selection and the styles each has")
+    _add_selectors(lister, required=False)
 
     generate = commands.add_parser("generate", help="generate portraits (the seed's generate_player_images.py)")
     _add_selectors(generate)
@@ -57,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_selectors(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
+def _add_selectors(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--player-id", type=int, help="one player by id")
     group.add_argument("--player-slug", help="one player by slug")
     group.add_argument("--cohort", choices=COHORTS, help="current_draft or current_nba")
@@ -127,6 +129,26 @@ def cmd_players_import(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_players_list(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.naming import available_styles
+
+    current_year = ctx.resources["settings"].current_draft_year
+    storage = ctx.resources["storage"].get_storage()
+    with ctx.database.session() as db:
+        players = select_players(db, selection_of(args), current_year)
+        styles = current_styles(db, [player.id for player in players])
+    print(f"{'id':>5}  {'slug':<28}{'name':<28}{'draft':<10}{'nba':<5}{'ref':<5}styles")
+    for player in players:
+        found = sorted(styles.get(player.id, set()) | set(available_styles(storage, player.id)))
+        print(
+            f"{player.id:>5}  {player.slug:<28}{player.display_name:<28}{draft_year_key(player.draft_year):<10}"
+            f"{'yes' if player.nba_active else 'no':<5}{'yes' if player.reference_image_url else 'no':<5}"
+            f"{', '.join(found) or '-'}"
+        )
+    print(f"{len(players)} player(s)")
+    return EXIT_OK
+
+
 def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline import launch
 
@@ -138,7 +160,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
         ctx.resources["storage"].get_storage().check_ready()
     except StorageError as exc:
         raise ConfigurationError(str(exc)) from None
-    summary = launch.run_generation(ctx.instance, ctx.resources, plan)
+    summary = launch.run_generation(ctx.instance, ctx.resources, plan, interactive=sys.stdout.isatty())
     print(launch.render_summary(summary))
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
@@ -146,6 +168,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
 COMMANDS = {
     ("db", None): cmd_db,
     ("players", "import"): cmd_players_import,
+    ("players", "list"): cmd_players_list,
     ("generate", None): cmd_generate,
 }
 
@@ -162,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortraitPipelineError as exc:
         print(f"portrait-pipeline: {exc}", file=sys.stderr)
         return EXIT_FAILURES
+    except BrokenPipeError:  # `portrait-pipeline players list | head`
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -101,3 +101,16 @@ def players_with_current_image(session: Session, style: str, player_ids: Sequenc
         PlayerImageAsset.player_id.in_(player_ids),
     )
     return set(session.scalars(query))
+
+
+def current_styles(session: Session, player_ids: Sequence[int]) -> dict[int, set[str]]:
+    """Player id → styles with a current image, in one query."""
+    rows = session.execute(
+        select(PlayerImageAsset.player_id, PlayerImageAsset.style).where(
+            PlayerImageAsset.is_current.is_(True), PlayerImageAsset.player_id.in_(player_ids)
+        )
+    )
+    styles: dict[int, set[str]] = {}
+    for player_id, style in rows:
+        styles.setdefault(player_id, set()).add(style)
+    return styles

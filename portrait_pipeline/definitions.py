@@ -4,14 +4,20 @@ import dagster as dg
 
 from portrait_pipeline.assets import likeness_descriptions, player_portraits
 from portrait_pipeline.io_managers import PortraitIOManager
+from portrait_pipeline.partitions import draft_years, portrait_partitions
 from portrait_pipeline.resources import resources_from_env
 from portrait_pipeline.schedules import draft_class_backfill, nba_refresh
 from portrait_pipeline.sensors import new_prospects_sensor
 
 resources = resources_from_env()
 
+# Jobs the CLI launches; in the UI, materializing an asset's partitions does the same.
+portraits_job = dg.define_asset_job("portraits_job", selection=[player_portraits], partitions_def=portrait_partitions)
+likeness_job = dg.define_asset_job("likeness_job", selection=[likeness_descriptions], partitions_def=draft_years)
+
 defs = dg.Definitions(
     assets=[likeness_descriptions, player_portraits],
+    jobs=[portraits_job, likeness_job],
     sensors=[new_prospects_sensor],
     schedules=[draft_class_backfill, nba_refresh],
     resources={**resources, "image_io_manager": PortraitIOManager(storage=resources["storage"])},

@@ -8,7 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, Protocol
+from functools import cache
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -291,6 +292,8 @@ async def _generate_one(
         with session_scope(engine) as db:
             player = db.get_one(Player, player_id)
             snapshot = db.get_one(PlayerImageSnapshot, job.snapshot_id)
+            # Hand the connection back while the call is in flight: the pool is smaller than max_concurrency.
+            db.commit()
             asset = await service.generate_for_player(
                 db=db,
                 player=player,
@@ -321,3 +324,26 @@ def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
         likeness_sha256=asset.reference_sha256,
         reference_url=asset.reference_image_url,
     )
+
+
+def __getattr__(name: str) -> Any:
+    """`image_generation_service`, the seed's ready-made service, built from the environment on first use.
+
+    `from portrait_pipeline.image_generation import image_generation_service`, then
+    `await image_generation_service.generate_for_player(db=..., player=..., snapshot=..., style=...)`.
+    """
+    if name != "image_generation_service":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _default_service()
+
+
+@cache
+def _default_service() -> ImageGenerationService:
+    import dagster as dg
+
+    from portrait_pipeline.resources import generation_service, resources_from_env
+
+    resources = resources_from_env()
+    keys = ("storage", "gemini", "likeness")
+    with dg.build_resources({key: resources[key] for key in keys}) as built:
+        return generation_service(built.storage, built.gemini, built.likeness)

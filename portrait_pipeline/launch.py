@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import threading
 import time
+import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
-from sqlalchemy import select
+import rich.progress
+from sqlalchemy import func, select
 
 from portrait_pipeline.cohorts import Selection, draft_year_key, select_players
 from portrait_pipeline.costs import ImageSize, parse_image_size
@@ -171,35 +176,158 @@ def run_config(request: PartitionRequest) -> dict[str, Any]:
     }
     return {
         "ops": {"player_portraits": {"config": {key: value for key, value in config.items() if value is not None}}},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        "loggers": QUIET_LOGGERS,
     }
 
 
-def run_generation(instance: dg.DagsterInstance, resources: dict[str, Any], plan: GenerationPlan) -> GenerationSummary:
+def run_generation(
+    instance: dg.DagsterInstance, resources: dict[str, Any], plan: GenerationPlan, *, interactive: bool
+) -> GenerationSummary:
     """One Dagster run per partition with work to do, on the persistent instance (visible in the UI)."""
-    from portrait_pipeline.assets import player_portraits
     from portrait_pipeline.definitions import defs
 
     started = time.monotonic()
     summaries: list[PartitionSummary] = []
-    for partition in plan.partitions:
-        request = partition.request
-        if not partition.to_generate:
-            summaries.append(PartitionSummary(request.partition_key, "-", True, skipped=len(partition.skipped)))
-            continue
-        instance.add_dynamic_partitions("draft_years", [request.draft_year_key])
-        result = dg.materialize(
-            [player_portraits],
-            partition_key=portrait_partition_key(request.draft_year_key, request.style),
-            instance=instance,
-            resources=defs.resources,
-            run_config=run_config(request),
-            tags={"portrait/launched_by": "cli"},
-            raise_on_error=False,
-        )
-        summaries.append(summarize_run(resources, request.partition_key, result.run_id, result.success))
+    likeness_done: set[str] = set()
+    with progress_display(interactive) as progress:
+        for partition in plan.partitions:
+            request = partition.request
+            if not partition.to_generate:
+                summaries.append(PartitionSummary(request.partition_key, "-", True, skipped=len(partition.skipped)))
+                continue
+            instance.add_dynamic_partitions("draft_years", [request.draft_year_key])
+            if request.fetch_likeness and request.draft_year_key not in likeness_done:
+                # Describe references first, so the portraits' lineage shows where the likeness came from.
+                likeness_done.add(request.draft_year_key)
+                defs.resolve_job_def("likeness_job").execute_in_process(
+                    run_config=likeness_run_config(request),
+                    instance=instance,
+                    partition_key=request.draft_year_key,
+                    tags=CLI_TAGS,
+                    raise_on_error=False,
+                )
+            run_id = str(uuid.uuid4())  # known before the run starts, so progress can follow it
+            with watch_run(resources, run_id, request.partition_key, len(partition.to_generate), progress):
+                result = defs.resolve_job_def("portraits_job").execute_in_process(
+                    run_config=run_config(request),
+                    instance=instance,
+                    partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
+                    run_id=run_id,
+                    tags=CLI_TAGS,
+                    raise_on_error=False,
+                )
+            summaries.append(summarize_run(resources, request.partition_key, result.run_id, result.success))
     storage = resources["storage"].get_storage().location
     return GenerationSummary(partitions=summaries, wall_time_s=time.monotonic() - started, storage=storage)
+
+
+CLI_TAGS = {"portrait/launched_by": "cli"}
+
+
+def likeness_run_config(request: PartitionRequest) -> dict[str, Any]:
+    config: dict[str, Any] = {"player_ids": list(request.player_ids)}
+    if request.likeness_url:
+        config["likeness_url"] = request.likeness_url
+    return {"ops": {"likeness_descriptions": {"config": config}}, "loggers": QUIET_LOGGERS}
+
+
+QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
+
+
+@dataclass
+class Progress:
+    """Counts of one run, read from its audit rows while it runs."""
+
+    done: int = 0
+    failed: int = 0
+    cost_usd: Decimal = Decimal("0")
+
+
+def read_progress(resources: dict[str, Any], run_id: str) -> Progress:
+    with resources["database"].session() as db:
+        rows = db.execute(
+            select(PlayerImageAsset.status, func.count(), func.coalesce(func.sum(PlayerImageAsset.cost_usd), 0))
+            .where(PlayerImageAsset.dagster_run_id == run_id)
+            .group_by(PlayerImageAsset.status)
+        ).all()
+    counts = {status: (int(n), Decimal(cost)) for status, n, cost in rows}
+    done = sum(n for n, _ in counts.values())
+    return Progress(
+        done=done, failed=counts.get("failed", (0, 0))[0], cost_usd=sum((c for _, c in counts.values()), Decimal(0))
+    )
+
+
+class ProgressDisplay(Protocol):
+    def show(self, partition_key: str, total: int, progress: Progress) -> None: ...
+
+
+class PlainProgress:
+    """Output that is not a terminal gets one plain line whenever the counts change."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def show(self, partition_key: str, total: int, progress: Progress) -> None:
+        if self._last.get(partition_key) == (progress.done, progress.failed):
+            return
+        self._last[partition_key] = (progress.done, progress.failed)
+        print(
+            f"{partition_key}: {progress.done}/{total} done, {progress.failed} failed, ${progress.cost_usd:.2f}",
+            flush=True,
+        )
+
+
+class RichProgress:
+    """A progress bar per partition: players done / total, failures, spend so far."""
+
+    def __init__(self, bars: rich.progress.Progress) -> None:
+        self._bars = bars
+        self._tasks: dict[str, rich.progress.TaskID] = {}
+
+    def show(self, partition_key: str, total: int, progress: Progress) -> None:
+        if partition_key not in self._tasks:
+            self._tasks[partition_key] = self._bars.add_task(partition_key, total=total)
+        self._bars.update(
+            self._tasks[partition_key],
+            completed=progress.done,
+            description=f"{partition_key}  failed {progress.failed}  ${progress.cost_usd:.2f}",
+        )
+
+
+@contextmanager
+def progress_display(interactive: bool) -> Iterator[ProgressDisplay]:
+    if not interactive:
+        yield PlainProgress()
+        return
+    with rich.progress.Progress(
+        rich.progress.TextColumn("{task.description}"),
+        rich.progress.BarColumn(),
+        rich.progress.MofNCompleteColumn(),
+        rich.progress.TimeElapsedColumn(),
+    ) as bars:
+        yield RichProgress(bars)
+
+
+@contextmanager
+def watch_run(
+    resources: dict[str, Any], run_id: str, partition_key: str, total: int, display: ProgressDisplay
+) -> Iterator[None]:
+    """Poll the run's audit rows from a thread while the run executes in this one."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.3):
+            display.show(partition_key, total, read_progress(resources, run_id))
+
+    display.show(partition_key, total, Progress())
+    thread = threading.Thread(target=poll, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        display.show(partition_key, total, read_progress(resources, run_id))
 
 
 def summarize_run(resources: dict[str, Any], partition_key: str, run_id: str, success: bool) -> PartitionSummary:

@@ -20,7 +20,8 @@ from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.gemini import DEFAULT_VISION_MODEL, RENDERER_CHOICES, GeminiResource, RendererChoice
-from portrait_pipeline.likeness import FetchPolicy
+from portrait_pipeline.image_generation import ImageGenerationService
+from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
 from portrait_pipeline.styles import STYLES, Style
 
@@ -228,3 +229,12 @@ def _env_list(name: str) -> list[str]:
     if unknown:
         raise ConfigurationError(f"{name}: unknown style(s) {', '.join(unknown)}; choose {', '.join(STYLES)}")
     return values
+
+
+def generation_service(
+    storage: ImageStorageResource, gemini: GeminiResource, likeness: LikenessResource
+) -> ImageGenerationService:
+    """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
+    describer = gemini.describer()
+    source = LikenessService(describer, likeness.policy()).for_generation if describer else None
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source)

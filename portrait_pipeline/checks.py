@@ -1,0 +1,278 @@
+"""Quality checks on `player_portraits`: plain functions over the audit rows and storage, thin Dagster checks."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dagster as dg
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline import images
+from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year
+from portrait_pipeline.costs import TARGET_DIMENSIONS
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.partitions import portrait_partitions
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.storage import ImageStorage, sha256_hex
+
+DEFAULT_MAX_FAILURE_RATE = 0.10
+METADATA_ROWS = 50  # longer lists are cut: check metadata is for reading, the audit rows hold everything
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A current image of a partition as the audit recorded it, with the size its snapshot asked for."""
+
+    asset_id: int
+    player_id: int
+    display_name: str
+    key: str
+    sha256: str | None
+    image_size: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one stored image is unfit to serve."""
+
+    asset_id: int
+    player_id: int
+    display_name: str
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    player_id: int
+    display_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailureRate:
+    """Failed over attempted in one snapshot: the players a run could not draw."""
+
+    snapshot_id: int
+    run_key: str
+    version: int
+    attempted: int
+    failures: list[Failure]
+
+    @property
+    def rate(self) -> float:
+        return len(self.failures) / self.attempted if self.attempted else 0.0
+
+
+def current_images(db: Session, draft_year_key: str, style: str) -> list[StoredImage]:
+    """Every current image of a (draft year, style) partition, in player order."""
+    draft_year = parse_draft_year_key(draft_year_key)
+    rows = db.execute(
+        select(PlayerImageAsset, PlayerImageSnapshot.image_size, Player.display_name)
+        .join(PlayerImageSnapshot, PlayerImageSnapshot.id == PlayerImageAsset.snapshot_id)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(
+            Player.draft_year.is_(None) if draft_year is None else Player.draft_year == draft_year,
+            PlayerImageAsset.style == style,
+            PlayerImageAsset.is_current.is_(True),
+        )
+        .order_by(Player.id)
+    ).all()
+    return [
+        StoredImage(asset.id, asset.player_id, name, asset.s3_key or "", asset.content_sha256, size)
+        for asset, size, name in rows
+    ]
+
+
+def validate_images(storage: ImageStorage, rows: Iterable[StoredImage]) -> list[Problem]:
+    """Read each image back from storage (one at a time) and say what is wrong with it, if anything."""
+    problems: list[Problem] = []
+    for row in rows:
+        reasons = image_problems(storage, row)
+        if reasons:
+            problems.append(Problem(row.asset_id, row.player_id, row.display_name, row.key, "; ".join(reasons)))
+    return problems
+
+
+def image_problems(storage: ImageStorage, row: StoredImage) -> list[str]:
+    if not row.key:
+        return ["the audit row has no storage key"]
+    try:
+        data = storage.get(row.key)
+    except PortraitPipelineError as exc:
+        return [str(exc)]
+    reasons: list[str] = []
+    if row.sha256 and sha256_hex(data) != row.sha256:
+        reasons.append("stored bytes differ from the audited sha256")
+    try:
+        info = images.inspect(data)
+    except PortraitPipelineError as exc:
+        return [*reasons, str(exc)]
+    if info.width * 5 != info.height * 4:
+        reasons.append(f"{info.width}x{info.height} is not 4:5")
+    expected = next((dims for size, dims in TARGET_DIMENSIONS.items() if size == row.image_size), None)
+    if expected is None:
+        reasons.append(f"snapshot image size {row.image_size!r} has no target dimensions")
+    elif (info.width, info.height) != expected:
+        reasons.append(f"{info.width}x{info.height}, expected {expected[0]}x{expected[1]} for size {row.image_size}")
+    if info.stddev < images.MIN_STDDEV:
+        reasons.append(f"blank or near-uniform (grayscale stddev {info.stddev:.1f} < {images.MIN_STDDEV})")
+    return reasons
+
+
+def latest_snapshot(db: Session, draft_year_key: str, style: str) -> PlayerImageSnapshot | None:
+    """The partition's current snapshot: the last finished run for its draft year and style."""
+    draft_year = parse_draft_year_key(draft_year_key)
+    return db.scalar(
+        select(PlayerImageSnapshot)
+        .where(
+            PlayerImageSnapshot.draft_year.is_(None)
+            if draft_year is None
+            else PlayerImageSnapshot.draft_year == draft_year,
+            PlayerImageSnapshot.style == style,
+            PlayerImageSnapshot.is_current.is_(True),
+        )
+        .order_by(PlayerImageSnapshot.id.desc())
+        .limit(1)
+    )
+
+
+def failure_rate(db: Session, draft_year_key: str, style: str) -> FailureRate | None:
+    """Failed/attempted in the partition's latest snapshot, counted from its asset rows; None before any run."""
+    snapshot = latest_snapshot(db, draft_year_key, style)
+    if snapshot is None:
+        return None
+    rows = db.execute(
+        select(PlayerImageAsset.status, PlayerImageAsset.error_message, Player.id, Player.display_name)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(PlayerImageAsset.snapshot_id == snapshot.id)
+        .order_by(Player.id)
+    ).all()
+    failures = [
+        Failure(pid, name, error or "no reason recorded") for status, error, pid, name in rows if status == "failed"
+    ]
+    return FailureRate(snapshot.id, snapshot.run_key, snapshot.version, len(rows), failures)
+
+
+def missing_players(db: Session, draft_year_key: str, style: str) -> list[Player]:
+    """Players of the draft year without a current image for the style, according to the audit."""
+    players = players_in_draft_year(db, draft_year_key)
+    covered = set(
+        db.scalars(
+            select(PlayerImageAsset.player_id).where(
+                PlayerImageAsset.player_id.in_([player.id for player in players]),
+                PlayerImageAsset.style == style,
+                PlayerImageAsset.is_current.is_(True),
+            )
+        )
+    )
+    return [player for player in players if player.id not in covered]
+
+
+class QualitySettings(dg.ConfigurableResource):
+    """Thresholds the quality checks judge a partition by."""
+
+    max_failure_rate: float = Field(
+        default=DEFAULT_MAX_FAILURE_RATE, ge=0, le=1, description="failure_rate warns above this share (0.1 = 10%)"
+    )
+
+
+def _partition(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
+    # A check-only run (launched from the check's page) carries the key as a plain "2025|default" tag.
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = portrait_partitions.get_partition_key_from_str(key)
+    dims = key.keys_by_dimension
+    return dims["draft_year"], dims["style"]
+
+
+@dg.asset_check(asset=player_portraits, partitions_def=portrait_partitions, blocking=True)
+def images_valid(
+    context: dg.AssetCheckExecutionContext, database: DatabaseResource, storage: ImageStorageResource
+) -> dg.AssetCheckResult:
+    """Every current image of the partition decodes, is 4:5 at its snapshot's size, and is not blank."""
+    draft_year_key, style = _partition(context)
+    with database.session() as db:
+        rows = current_images(db, draft_year_key, style)
+    problems = validate_images(storage.get_storage(), rows)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=f"{len(problems)} of {len(rows)} images unfit" if problems else f"{len(rows)} images valid",
+        metadata={
+            "checked": len(rows),
+            "bad": len(problems),
+            "problems": dg.MetadataValue.md(_table(["player", "key", "why"], _problem_rows(problems))),
+        },
+    )
+
+
+# Named explicitly: the plain function `failure_rate` already owns the name in this module.
+@dg.asset_check(asset=player_portraits, name="failure_rate", partitions_def=portrait_partitions)
+def failure_rate_check(
+    context: dg.AssetCheckExecutionContext, database: DatabaseResource, quality: QualitySettings
+) -> dg.AssetCheckResult:
+    """The partition's latest snapshot failed for at most `max_failure_rate` of the players it attempted."""
+    draft_year_key, style = _partition(context)
+    with database.session() as db:
+        rate = failure_rate(db, draft_year_key, style)
+    if rate is None:
+        return dg.AssetCheckResult(passed=True, description="no finished snapshot for this partition yet")
+    limit = quality.max_failure_rate
+    return dg.AssetCheckResult(
+        passed=rate.rate <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(rate.failures)}/{rate.attempted} failed ({rate.rate:.0%}; limit {limit:.0%})",
+        metadata={
+            "snapshot_id": rate.snapshot_id,
+            "run_key": rate.run_key,
+            "snapshot_version": rate.version,
+            "attempted": rate.attempted,
+            "failed": len(rate.failures),
+            "failure_rate": round(rate.rate, 4),
+            "max_failure_rate": quality.max_failure_rate,
+            "failures": dg.MetadataValue.md(
+                _table(["player", "reason"], [[f.display_name, f.reason] for f in rate.failures])
+            ),
+        },
+    )
+
+
+@dg.asset_check(asset=player_portraits, partitions_def=portrait_partitions)
+def coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource) -> dg.AssetCheckResult:
+    """Every player of the draft year has a current image in the partition's style."""
+    draft_year_key, style = _partition(context)
+    with database.session() as db:
+        population = len(players_in_draft_year(db, draft_year_key))
+        missing = missing_players(db, draft_year_key, style)
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(missing)} of {population} players have no current {style} image",
+        metadata={
+            "players": population,
+            "missing": len(missing),
+            "missing_players": dg.MetadataValue.md(
+                _table(["id", "player"], [[str(p.id), p.display_name] for p in missing])
+            ),
+        },
+    )
+
+
+portrait_checks = [images_valid, failure_rate_check, coverage]
+
+
+def _problem_rows(problems: list[Problem]) -> list[list[str]]:
+    return [[p.display_name, f"`{p.key}`", p.reason] for p in problems]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "none"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "/").replace("\n", " ") for cell in row) + " |" for row in rows]
+    if len(rows) > METADATA_ROWS:
+        lines = [*lines[: METADATA_ROWS + 2], f"\n_and {len(rows) - METADATA_ROWS} more_"]
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Serving and reviewing portraits: the seed's `photo_url` backed by the audit, rollback, and a player's history."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline import audit, naming
+from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.errors import InvalidInput, PortraitPipelineError, StorageError
+from portrait_pipeline.storage import ImageStorage, sha256_hex
+
+log = logging.getLogger(__name__)
+
+
+def resolve_photo_url(db: Session, storage: ImageStorage, player: Player, style: str = "default") -> str:
+    """The current image from the audit, else the naming-convention files (new, legacy; style, default), else a
+    placeholder: the seed's lookup order."""
+    asset = audit.current_asset(db, player.id, style)
+    if asset is not None and asset.s3_key:
+        return asset.public_url or storage.public_url(asset.s3_key)
+    return naming.photo_url(storage, player.id, player.slug, player.display_name, style)
+
+
+def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerImageAsset:
+    """Make an earlier generation current again and point the serving alias at its bytes.
+
+    The player row stays locked from before the alias is written until the promotion commits, so two racing
+    promotions leave the alias showing the same image the database calls current (PostgreSQL; SQLite ignores
+    FOR UPDATE, so there only the database side is serialized).
+    """
+    asset = db.get(PlayerImageAsset, asset_id)
+    if asset is None:
+        raise InvalidInput(f"asset {asset_id}: no such image")
+    if asset.status != "succeeded" or not asset.s3_key:
+        raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
+    player = db.execute(select(Player).where(Player.id == asset.player_id).with_for_update()).scalar_one()
+    data = _read_audited(storage, asset.s3_key, asset.content_sha256)
+    previous = audit.current_asset(db, player.id, asset.style)
+    alias = naming.current_key(player.id, player.slug, asset.style)
+    storage.put(alias, data, immutable=False)
+    try:
+        return audit.promote(db, asset_id)
+    except BaseException:
+        db.rollback()
+        _restore_alias(storage, alias, previous)
+        raise
+
+
+def _read_audited(storage: ImageStorage, key: str, sha256: str | None) -> bytes:
+    data = storage.get(key)
+    if sha256 and sha256_hex(data) != sha256:
+        raise StorageError(f"{key}: stored bytes differ from the audited sha256; refusing to serve them")
+    return data
+
+
+def _restore_alias(storage: ImageStorage, alias: str, previous: PlayerImageAsset | None) -> None:
+    """Best effort: the promotion did not commit, so the alias goes back to the image still current."""
+    if previous is None or not previous.s3_key:
+        return
+    try:
+        storage.put(alias, storage.get(previous.s3_key), immutable=False)
+    except PortraitPipelineError:
+        log.exception("could not restore %s after a failed promotion", alias)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One generation of a player's portrait, as the admin history lists it."""
+
+    asset_id: int
+    created_at: datetime
+    style: str
+    run_key: str
+    snapshot_version: int
+    model: str
+    status: str
+    is_current: bool
+    prompt_version: str
+    used_likeness: bool
+    image_url: str | None
+    error_message: str | None
+
+
+def history(db: Session, player_id: int) -> list[HistoryEntry]:
+    """Every generation of a player, oldest first, failures included."""
+    if db.get(Player, player_id) is None:
+        raise InvalidInput(f"player {player_id}: no such player")
+    rows = db.execute(
+        select(PlayerImageAsset, PlayerImageSnapshot.run_key, PlayerImageSnapshot.version)
+        .join(PlayerImageSnapshot, PlayerImageSnapshot.id == PlayerImageAsset.snapshot_id)
+        .where(PlayerImageAsset.player_id == player_id)
+        .order_by(PlayerImageAsset.created_at, PlayerImageAsset.id)
+    ).all()
+    return [
+        HistoryEntry(
+            asset_id=asset.id,
+            created_at=asset.created_at,
+            style=asset.style,
+            run_key=run_key,
+            snapshot_version=version,
+            model=asset.model,
+            status=asset.status,
+            is_current=asset.is_current,
+            prompt_version=asset.system_prompt_version,
+            used_likeness=asset.used_likeness_ref,
+            image_url=asset.public_url,
+            error_message=asset.error_message,
+        )
+        for asset, run_key, version in rows
+    ]
