@@ -4,6 +4,7 @@ import asyncio
 import base64
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -25,7 +26,7 @@ from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, 
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
-PREVIEW_TILES = 12
+PREVIEW_WIDTH = 480
 
 
 class PortraitRunConfig(dg.Config):
@@ -227,20 +228,48 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "snapshot_id": result.snapshot_id,
         "estimated_cost_usd": float(result.plan.estimated_cost_usd),
         "cost_usd": float(result.cost_usd),
+        "token_cost_usd": float(result.token_cost_usd),
+        "players": dg.MetadataValue.md(run_table(result)),
         "wall_time_s": round(result.wall_time_s, 2),
         "system_prompt": dg.MetadataValue.text(SYSTEM_PROMPT),
         "style_block": dg.MetadataValue.text(STYLE_BLOCKS[request.style]),
     }
 
 
+def contact_sheet_key(draft_year_key: str, style: str) -> str:
+    return f"contact-sheets/{style}/{draft_year_key}.png"
+
+
 def preview_metadata(result: PartitionResult, storage: ImageStorageResource) -> dict[str, Any]:
+    """The partition's contact sheet, stored next to the images, linked full size and inlined small."""
     image_storage = storage.get_storage()
-    tiles = [(p.display_name, image_storage.get(p.key)) for p in result.portraits[:PREVIEW_TILES]]
-    if not tiles:
+    if not result.portraits:
         return {"preview": dg.MetadataValue.md("_no images in this partition yet_")}
-    thumb = images.contact_sheet(tiles, tile_size=(80, 100), columns=6)
-    encoded = base64.b64encode(thumb).decode()
+    tiles = [(p.display_name, partial(image_storage.get, p.key)) for p in result.portraits]
+    sheet = images.contact_sheet(tiles)
+    request = result.plan.request
+    stored = image_storage.put(
+        contact_sheet_key(request.draft_year_key, request.style), images.to_png(sheet, {}), immutable=False
+    )
+    encoded = base64.b64encode(images.thumbnail_png(sheet, PREVIEW_WIDTH)).decode()
     return {
         "storage": image_storage.location,
-        "preview": dg.MetadataValue.md(f"![preview](data:image/png;base64,{encoded})"),
+        "contact_sheet": dg.MetadataValue.url(stored.public_url),
+        "preview": dg.MetadataValue.md(f"![contact sheet](data:image/png;base64,{encoded})"),
     }
+
+
+def run_table(result: PartitionResult) -> str:
+    """Every player the run attempted: status, prompt version, likeness used, time, cost, image."""
+    lines = [
+        "| player | status | prompt | likeness (sha256, reference) | seconds | cost | image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for outcome in sorted(result.outcomes, key=lambda o: o.player_id):
+        likeness = f"`{outcome.likeness_sha256[:12]}` {outcome.reference_url}" if outcome.likeness_sha256 else "no"
+        image = f"[png]({outcome.public_url})" if outcome.public_url else (outcome.reason or "").replace("|", "/")
+        lines.append(
+            f"| {outcome.display_name} | {outcome.status} | {SYSTEM_PROMPT_VERSION} | {likeness} "
+            f"| {outcome.seconds:.2f} | ${outcome.cost_usd:.3f} | {image} |"
+        )
+    return "\n".join(lines)

@@ -70,3 +70,15 @@ def price(model: str, size: ImageSize) -> SizePrice:
 
 def estimate_cost(model: str, size: ImageSize, images: int) -> Decimal:
     return price(model, size).usd_per_image * images
+
+
+# Image output tokens are what Google bills; `usage_metadata` lets the audit check the estimate against them.
+USD_PER_MILLION_OUTPUT_TOKENS: dict[str, Decimal] = {
+    "gemini-3-pro-image-preview": Decimal("120"),
+    "gemini-2.5-flash-image": Decimal("30"),
+}
+
+
+def token_cost(model: str, output_tokens: int) -> Decimal:
+    """What the answers' token counts say was spent (0 for models without a token price, e.g. offline)."""
+    return USD_PER_MILLION_OUTPUT_TOKENS.get(model, Decimal("0")) * output_tokens / 1_000_000

@@ -183,6 +183,7 @@ class PlayerOutcome:
     user_prompt: str | None = None
     likeness_sha256: str | None = None
     reference_url: str | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,7 @@ def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
         user_prompt=asset.user_prompt,
         likeness_sha256=asset.reference_sha256,
         reference_url=asset.reference_image_url,
+        output_tokens=asset.output_tokens,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageStat, PngImagePlugin, UnidentifiedImageError
@@ -81,8 +82,13 @@ def png_text(data: bytes) -> dict[str, str]:
     return dict(getattr(image, "text", {}))
 
 
-def contact_sheet(tiles: list[tuple[str, bytes]], tile_size: tuple[int, int] = (160, 200), columns: int = 6) -> bytes:
-    """One PNG grid of portraits with their names underneath, for review at a glance."""
+def contact_sheet(
+    tiles: Sequence[tuple[str, Callable[[], bytes]]], tile_size: tuple[int, int] = (160, 200), columns: int = 6
+) -> Image.Image:
+    """One grid of portraits with their names underneath, for review at a glance.
+
+    Each tile's bytes are loaded only when it is drawn, so a large partition never sits in memory at once.
+    """
     from PIL import ImageDraw, ImageFont
 
     tile_w, tile_h = tile_size
@@ -92,9 +98,15 @@ def contact_sheet(tiles: list[tuple[str, bytes]], tile_size: tuple[int, int] = (
     sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + label_h)), "#f4f6fa")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=max(10, label_h - 4))
-    for index, (name, data) in enumerate(tiles):
+    for index, (name, load) in enumerate(tiles):
         x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
-        thumb = decode(data).convert("RGB").resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+        thumb = decode(load()).convert("RGB").resize((tile_w, tile_h), Image.Resampling.BILINEAR)
         sheet.paste(thumb, (x, y))
         draw.text((x + 4, y + tile_h + 1), name[:28], fill="#1f2a37", font=font)
-    return to_png(sheet, {})
+    return sheet
+
+
+def thumbnail_png(image: Image.Image, max_width: int) -> bytes:
+    scale = min(1.0, max_width / image.width)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return to_png(image.resize(size, Image.Resampling.LANCZOS), {})

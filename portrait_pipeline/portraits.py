@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline import audit, naming
 from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year, players_with_current_image
-from portrait_pipeline.costs import ImageSize, estimate_cost
+from portrait_pipeline.costs import ImageSize, estimate_cost, token_cost
 from portrait_pipeline.db import session_scope
 from portrait_pipeline.db.models import Player, PlayerImageAsset
 from portrait_pipeline.image_generation import (
@@ -119,6 +119,11 @@ class PartitionResult:
     @property
     def cost_usd(self) -> Decimal:
         return sum((outcome.cost_usd for outcome in self.outcomes), Decimal("0"))
+
+    @property
+    def token_cost_usd(self) -> Decimal:
+        tokens = sum(outcome.output_tokens or 0 for outcome in self.outcomes)
+        return token_cost(self.plan.model, tokens)
 
 
 def has_image(db: Session, storage: ImageStorage, players: list[Player], style: str) -> set[int]:

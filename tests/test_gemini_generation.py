@@ -98,6 +98,9 @@ def test_partition_is_generated_through_the_sdk_with_the_seed_request(
     assert "#4A7FB8" in system and "VECTOR" in system and "no text" in system.lower()
     assert "Marcus Okafor" in json.dumps([request.body for request in requests])
 
+    metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
+    assert metadata["token_cost_usd"].value == pytest.approx(5 * fake.IMAGE_TOKENS * 120 / 1_000_000)
+    assert metadata["cost_usd"].value == pytest.approx(5 * 0.134)
     storage = storage_resource.get_storage()
     for asset in assets_of(roster):
         assert asset.status == "succeeded" and asset.model == IMAGE_MODEL

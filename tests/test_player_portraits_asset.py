@@ -67,6 +67,21 @@ def test_materializing_a_partition_stores_every_player_and_audits_it(
     assert metadata["prompt_version"].value == "v2.1"
     assert "data:image/png;base64," in str(metadata["preview"].value)
     assert metadata["images"].value == 20
+    table = str(metadata["players"].value)
+    assert table.count("| succeeded | v2.1 |") == 20 and "Tomás Ibáñez" in table
+
+
+def test_contact_sheet_holds_one_tile_per_image_and_is_stored_next_to_them(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    result = materialize(roster_loaded, storage_resource, offline_gemini, ("2026", "vector"), {"limit": 7})
+    assert result.success
+    metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
+    key = "contact-sheets/vector/2026.png"
+    assert metadata["contact_sheet"].value == storage_resource.get_storage().public_url(key)
+    sheet = images.inspect(storage_resource.get_storage().get(key))
+    # 7 tiles of 160x200 (+20 px for the name), 6 to a row: two rows.
+    assert (sheet.width, sheet.height) == (6 * 160, 2 * 220)
 
 
 def test_missing_only_skips_players_who_have_a_current_image(
