@@ -188,6 +188,10 @@ def player_portraits(
         else:
             context.log.info(f"{outcome.display_name}: stored {outcome.key} in {outcome.seconds:.2f}s")
 
+    if not gemini.uses_gemini:
+        context.log.info(
+            "No GEMINI_API_KEY: the offline renderer draws placeholder posters (model offline-renderer, $0)"
+        )
     if request.fetch_likeness and not gemini.uses_gemini:
         context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
     service = generation_service(storage, gemini, likeness)

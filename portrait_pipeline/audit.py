@@ -141,7 +141,10 @@ def promote(db: Session, asset_id: int) -> PlayerImageAsset:
 
 
 def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str) -> PlayerImageSnapshot:
-    """Count the outcomes from the asset rows and mark this snapshot current for its (draft year, style)."""
+    """Count the outcomes from the asset rows and make the snapshot current for its (draft year, style).
+
+    A run in which every attempt failed never displaces the last good snapshot.
+    """
     snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
     counts = dict(
         db.execute(
@@ -150,23 +153,24 @@ def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str)
             .group_by(PlayerImageAsset.status)
         ).all()
     )
-    db.execute(
-        update(PlayerImageSnapshot)
-        .where(
-            PlayerImageSnapshot.draft_year.is_(None)
-            if snapshot.draft_year is None
-            else PlayerImageSnapshot.draft_year == snapshot.draft_year,
-            PlayerImageSnapshot.style == snapshot.style,
-            PlayerImageSnapshot.id != snapshot_id,
-        )
-        .values(is_current=False)
-    )
     snapshot.success_count = counts.get("succeeded", 0)
     snapshot.failure_count = counts.get("failed", 0)
     snapshot.skipped_count = skipped
     snapshot.status = status
-    snapshot.is_current = True
     snapshot.finished_at = utcnow()
+    if snapshot.success_count or not snapshot.failure_count:
+        db.execute(
+            update(PlayerImageSnapshot)
+            .where(
+                PlayerImageSnapshot.draft_year.is_(None)
+                if snapshot.draft_year is None
+                else PlayerImageSnapshot.draft_year == snapshot.draft_year,
+                PlayerImageSnapshot.style == snapshot.style,
+                PlayerImageSnapshot.id != snapshot_id,
+            )
+            .values(is_current=False)
+        )
+        snapshot.is_current = True
     db.commit()
     return snapshot
 

@@ -202,7 +202,10 @@ def run_partition(
 def _status(batch: BatchResult) -> str:
     if batch.stopped:
         return "failed" if batch.stopped.startswith("circuit breaker") else "stopped"
-    return "partial" if any(outcome.status == "failed" for outcome in batch.outcomes) else "succeeded"
+    statuses = {outcome.status for outcome in batch.outcomes}
+    if "failed" not in statuses:
+        return "succeeded"
+    return "partial" if "succeeded" in statuses else "failed"
 
 
 def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:

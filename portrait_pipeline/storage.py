@@ -302,9 +302,19 @@ class S3ImageStorage:
             self._client.head_bucket(Bucket=self._bucket)
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(
-                f"cannot use bucket {self.location}: {_service_error_code(exc)}; check S3_BUCKET_NAME, "
+                f"cannot use bucket {self.location}: {self._refusal_code(exc)}; check S3_BUCKET_NAME, "
                 "S3_ENDPOINT_URL and the S3 credentials"
             ) from None
+
+    def _refusal_code(self, exc: BaseException) -> str:
+        """A HEAD answer has no body: ask again with a GET-style call to learn which error it was."""
+        try:
+            self._client.list_objects_v2(Bucket=self._bucket, MaxKeys=1)
+        except ClientError as listing:
+            return _service_error_code(listing)
+        except BotoCoreError:
+            pass
+        return _service_error_code(exc)
 
     def _verify_put(self, key: str, response: dict[str, Any], md5: bytes, checksum_sha256: str) -> None:
         etag = str(response.get("ETag") or "").strip('"')

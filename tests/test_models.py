@@ -241,6 +241,20 @@ def test_finish_snapshot_counts_outcomes_and_marks_only_the_newest_current(datab
     assert (rows[first.id].success_count, rows[first.id].skipped_count) == (0, 3)
 
 
+def test_a_run_where_every_player_failed_does_not_displace_the_current_snapshot(database: DatabaseResource) -> None:
+    with database.session() as session:
+        player = _player(session, "ace-bailey")
+        good = audit.start_snapshot(session, _spec())
+        audit.record_success(session, good, player, "default", RECORD, _stored("a"))
+        audit.finish_snapshot(session, good.id, skipped=0, status="succeeded")
+        bad = audit.start_snapshot(session, _spec())
+        audit.record_failure(session, bad, player, "default", RECORD, "Gemini answered 503")
+        audit.finish_snapshot(session, bad.id, skipped=0, status="failed")
+    with database.session() as session:
+        current = set(session.scalars(select(PlayerImageSnapshot.id).where(PlayerImageSnapshot.is_current.is_(True))))
+    assert current == {good.id}
+
+
 def test_finish_snapshot_scopes_undrafted_snapshots_together(database: DatabaseResource) -> None:
     with database.session() as session:
         drafted = audit.start_snapshot(session, _spec(draft_year=2025))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,17 @@ class SeaweedEnv:
     ) -> S3ImageStorage:
         resource = self.resource(identity, access_key=access_key, secret_key=secret_key, endpoint_url=endpoint_url)
         return S3ImageStorage(resource.get_client(), self.bucket, public_url_base=public_url_base)
+
+    def client(self, identity: S3Identity | None = None) -> Any:
+        """A plain boto3 client, independent of the code under test, to look at what really is in the bucket."""
+        return self.server.client((identity or self.writer).name)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix`: for tests whose keys are fixed (`players/...`), not random."""
+        client = self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                client.delete_object(Bucket=self.bucket, Key=item["Key"])
 
 
 _shared: SeaweedEnv | None = None

@@ -261,6 +261,46 @@ class SeaweedS3:
             ),
         )
 
+    # -- fault injection -----------------------------------------------------------------------------
+
+    def rot_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Replace an object's bytes on the volume server, behind the filer's back, as bit rot would.
+
+        The filer keeps the object's metadata (its ETag is still the MD5 of the old bytes) while S3 GETs
+        now serve `data`. Only for a single-chunk, uncompressed object (incompressible bytes, e.g. random)
+        and a `data` of the same size, so the filer's chunk list still describes it.
+        """
+        import urllib.parse
+        import urllib.request
+
+        filer = f"http://127.0.0.1:{self.ports['filer']}"
+        path = urllib.parse.quote(f"/buckets/{bucket}/{key}")
+        with urllib.request.urlopen(f"{filer}{path}?metadata=true", timeout=10) as answer:
+            entry = json.load(answer)
+        chunks = entry.get("chunks") or []
+        if len(chunks) != 1 or chunks[0].get("is_compressed") or int(chunks[0]["size"]) != len(data):
+            raise SeaweedError(f"{bucket}/{key}: need one uncompressed chunk of {len(data)} bytes, got {chunks}")
+        boundary = secrets.token_hex(16)
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rot.bin"\r\n'.encode(),
+                b"Content-Type: application/octet-stream\r\n\r\n",
+                data,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        volume = f"http://127.0.0.1:{self.ports['volume']}"
+        request = urllib.request.Request(
+            f"{volume}/{chunks[0]['file_id']}",
+            data=body,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            written = json.load(answer)
+        if int(written.get("size", -1)) != len(data):
+            raise SeaweedError(f"{bucket}/{key}: the volume server answered {written}")
+
     # -- internals -----------------------------------------------------------------------------------
 
     def _pick_ports(self) -> dict[str, int]:
