@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -86,8 +87,12 @@ def record_success(
     style: str,
     record: GenerationRecord,
     stored: StoredObject,
+    publish: Callable[[], object] | None = None,
 ) -> PlayerImageAsset:
-    """Commit the asset row and make it the player's current image for the style, in one transaction."""
+    """Commit the asset row and make it the player's current image for the style, in one transaction.
+
+    `publish` (writing the serving alias) runs while the player's row is locked, just before the commit.
+    """
     asset = PlayerImageAsset(
         snapshot_id=snapshot.id,
         player_id=player.id,
@@ -105,12 +110,12 @@ def record_success(
     )
     db.add(asset)
     db.flush()
-    _make_current(db, asset)
+    _make_current(db, asset, publish)
     db.commit()
     return asset
 
 
-def _make_current(db: Session, asset: PlayerImageAsset) -> None:
+def _make_current(db: Session, asset: PlayerImageAsset, publish: Callable[[], object] | None) -> None:
     # Lock the player row so two promotions of one player serialize (PostgreSQL; SQLite serializes writers).
     db.execute(select(Player.id).where(Player.id == asset.player_id).with_for_update())
     db.execute(
@@ -126,16 +131,18 @@ def _make_current(db: Session, asset: PlayerImageAsset) -> None:
     db.flush()
     asset.is_current = True
     db.flush()
+    if publish is not None:
+        publish()
 
 
-def promote(db: Session, asset_id: int) -> PlayerImageAsset:
+def promote(db: Session, asset_id: int, publish: Callable[[], object] | None = None) -> PlayerImageAsset:
     """Make an earlier successful generation current again (a reviewer's rollback)."""
     asset = db.get(PlayerImageAsset, asset_id)
     if asset is None:
-        raise InvalidInput(f"--asset-id {asset_id}: no such image")
+        raise InvalidInput(f"asset {asset_id}: no such image")
     if asset.status != "succeeded":
-        raise InvalidInput(f"--asset-id {asset_id}: that generation failed, there is no image to promote")
-    _make_current(db, asset)
+        raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
+    _make_current(db, asset, publish)
     db.commit()
     return asset
 

@@ -4,7 +4,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dagster as dg
-from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,10 +14,9 @@ from portrait_pipeline.costs import TARGET_DIMENSIONS
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.partitions import portrait_partitions
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.storage import ImageStorage, sha256_hex
 
-DEFAULT_MAX_FAILURE_RATE = 0.10
 METADATA_ROWS = 50  # longer lists are cut: check metadata is for reading, the audit rows hold everything
 
 
@@ -170,14 +168,6 @@ def missing_players(db: Session, draft_year_key: str, style: str) -> list[Player
         )
     )
     return [player for player in players if player.id not in covered]
-
-
-class QualitySettings(dg.ConfigurableResource):
-    """Thresholds the quality checks judge a partition by."""
-
-    max_failure_rate: float = Field(
-        default=DEFAULT_MAX_FAILURE_RATE, ge=0, le=1, description="failure_rate warns above this share (0.1 = 10%)"
-    )
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from portrait_pipeline import roster
 from portrait_pipeline.cohorts import COHORTS, Selection, current_styles, draft_year_key, select_players
 from portrait_pipeline.costs import IMAGE_SIZES
 from portrait_pipeline.db import REPO_ROOT
+from portrait_pipeline.db.models import Player
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.styles import STYLES
 
@@ -56,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--dry-run", action="store_true", help="preview players and cost; write nothing")
     generate.add_argument("--limit", type=int, help="max players to process")
     generate.add_argument("--notes", help="notes for this run")
+    history = commands.add_parser("history", help="every generation of one player (the admin review)")
+    history.add_argument("--player-id", type=int, required=True)
+
+    url = commands.add_parser("url", help="the URL the app serves for a player and style")
+    url.add_argument("--player-id", type=int, required=True)
+    url.add_argument("--style", default="default", help=f"{', '.join(STYLES)}")
+
+    promote = commands.add_parser("promote", help="make an earlier generation current again (rollback)")
+    promote.add_argument("--asset-id", type=int, required=True)
     return parser
 
 
@@ -165,15 +178,68 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
 
+def cmd_history(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline import image_assets_service
+
+    with ctx.database.session() as db:
+        entries = image_assets_service.history(db, _player(db, args.player_id).id)
+    print(
+        f"{'asset':>6}  {'when (UTC)':<20}{'style':<9}{'run key / version':<28}{'model':<28}{'status':<11}"
+        f"{'prompt':<8}{'likeness':<9}image"
+    )
+    for entry in entries:
+        marker = "*" if entry.is_current else " "
+        image = entry.image_url or f"({entry.error_message})"
+        print(
+            f"{entry.asset_id:>5}{marker}  {entry.created_at:%Y-%m-%d %H:%M:%S}  {entry.style:<9}"
+            f"{entry.run_key + ' v' + str(entry.snapshot_version):<28}{entry.model:<28}{entry.status:<11}"
+            f"{entry.prompt_version:<8}{'yes' if entry.used_likeness else 'no':<9}{image}"
+        )
+    print(f"{len(entries)} generation(s); * = current")
+    return EXIT_OK
+
+
+def _player(db: Session, player_id: int) -> Player:
+    player = db.get(Player, player_id)
+    if player is None:
+        raise InvalidInput(f"--player-id {player_id}: no such player")
+    return player
+
+
+def cmd_url(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline import image_assets_service
+    from portrait_pipeline.launch import style_flag
+
+    style = style_flag(args.style)
+    with ctx.database.session() as db:
+        player = _player(db, args.player_id)
+        print(image_assets_service.resolve_photo_url(db, ctx.resources["storage"].get_storage(), player, style))
+    return EXIT_OK
+
+
+def cmd_promote(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline import image_assets_service
+
+    with ctx.database.session() as db:
+        asset = image_assets_service.promote_asset(db, ctx.resources["storage"].get_storage(), args.asset_id)
+        print(f"asset {asset.id} is now the current {asset.style} image of player {asset.player_id}")
+    return EXIT_OK
+
+
 COMMANDS = {
     ("db", None): cmd_db,
     ("players", "import"): cmd_players_import,
     ("players", "list"): cmd_players_list,
     ("generate", None): cmd_generate,
+    ("history", None): cmd_history,
+    ("url", None): cmd_url,
+    ("promote", None): cmd_promote,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Partitioned asset checks are a Dagster preview feature; its warning is noise on a command line.
+    warnings.filterwarnings("ignore", message=".*is currently in preview.*")
     try:
         args = build_parser().parse_args(argv)
         handler = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]

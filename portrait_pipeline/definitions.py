@@ -3,7 +3,9 @@
 import dagster as dg
 
 from portrait_pipeline.assets import likeness_descriptions, player_portraits
+from portrait_pipeline.checks import portrait_checks
 from portrait_pipeline.io_managers import PortraitIOManager
+from portrait_pipeline.manifest import portrait_manifest
 from portrait_pipeline.partitions import draft_years, portrait_partitions
 from portrait_pipeline.resources import resources_from_env
 from portrait_pipeline.schedules import draft_class_backfill, nba_refresh
@@ -16,7 +18,8 @@ portraits_job = dg.define_asset_job("portraits_job", selection=[player_portraits
 likeness_job = dg.define_asset_job("likeness_job", selection=[likeness_descriptions], partitions_def=draft_years)
 
 defs = dg.Definitions(
-    assets=[likeness_descriptions, player_portraits],
+    assets=[likeness_descriptions, player_portraits, portrait_manifest],
+    asset_checks=portrait_checks,
     jobs=[portraits_job, likeness_job],
     sensors=[new_prospects_sensor],
     schedules=[draft_class_backfill, nba_refresh],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,22 +30,20 @@ def resolve_photo_url(db: Session, storage: ImageStorage, player: Player, style:
 def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerImageAsset:
     """Make an earlier generation current again and point the serving alias at its bytes.
 
-    The player row stays locked from before the alias is written until the promotion commits, so two racing
-    promotions leave the alias showing the same image the database calls current (PostgreSQL; SQLite ignores
-    FOR UPDATE, so there only the database side is serialized).
+    The alias is written while the player row is locked, just before the commit, so two racing promotions
+    leave the alias showing the image the database calls current (PostgreSQL; SQLite serializes writers).
     """
     asset = db.get(PlayerImageAsset, asset_id)
     if asset is None:
         raise InvalidInput(f"asset {asset_id}: no such image")
     if asset.status != "succeeded" or not asset.s3_key:
         raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
-    player = db.execute(select(Player).where(Player.id == asset.player_id).with_for_update()).scalar_one()
+    player = db.get_one(Player, asset.player_id)
     data = _read_audited(storage, asset.s3_key, asset.content_sha256)
     previous = audit.current_asset(db, player.id, asset.style)
     alias = naming.current_key(player.id, player.slug, asset.style)
-    storage.put(alias, data, immutable=False)
     try:
-        return audit.promote(db, asset_id)
+        return audit.promote(db, asset_id, publish=partial(storage.put, alias, data, immutable=False))
     except BaseException:
         db.rollback()
         _restore_alias(storage, alias, previous)
@@ -86,6 +85,11 @@ class HistoryEntry:
     error_message: str | None
 
 
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands timestamps back naive; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def history(db: Session, player_id: int) -> list[HistoryEntry]:
     """Every generation of a player, oldest first, failures included."""
     if db.get(Player, player_id) is None:
@@ -99,7 +103,7 @@ def history(db: Session, player_id: int) -> list[HistoryEntry]:
     return [
         HistoryEntry(
             asset_id=asset.id,
-            created_at=asset.created_at,
+            created_at=as_utc(asset.created_at),
             style=asset.style,
             run_key=run_key,
             snapshot_version=version,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine
@@ -22,7 +22,7 @@ from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.renderer import render_portrait
-from portrait_pipeline.storage import ImageStorage, sha256_hex
+from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 from portrait_pipeline.styles import Style
 
 log = logging.getLogger(__name__)
@@ -88,75 +88,70 @@ class ImageGenerationService:
         likeness_url: str | None = None,
     ) -> PlayerImageAsset:
         """Durable per player: the image is in storage before its row commits; failures become rows too."""
-        started = time.monotonic()
-        reference_url = likeness_url or player.reference_image_url
-        likeness: Likeness | None = None
-        prompt = user_prompt(player.display_name, player.position, player.school, None)
-        try:
-            if fetch_likeness and reference_url and self.likeness is not None:
-                likeness = await self.likeness(db, player, reference_url)
-                prompt = user_prompt(player.display_name, player.position, player.school, likeness.description)
-            rendered = await self.renderer.render(
-                RenderRequest(
-                    player_id=player.id,
-                    seed=f"{player.id}:{player.slug}",
-                    style=style,
-                    system_prompt=system_prompt(style),
-                    user_prompt=prompt,
-                    size=image_size,
-                )
-            )
-            png = images.normalize(
-                rendered.data,
-                TARGET_DIMENSIONS[image_size],
-                {
-                    "portrait:player_id": str(player.id),
-                    "portrait:style": style,
-                    "portrait:model": self.renderer.model,
-                    "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
-                },
-            )
-            digest = sha256_hex(png)
-            history_key = naming.history_key(player.id, player.slug, style, digest)
-            stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
-            # The serving alias goes before the row: no row ever claims an image storage does not have.
-            current = naming.current_key(player.id, player.slug, style)
-            await asyncio.to_thread(self.storage.put, current, png, immutable=False)
-        except PortraitPipelineError as exc:
-            record = self._record(prompt, started, likeness, reference_url if fetch_likeness else None)
-            return audit.record_failure(db, snapshot, player, style, record, str(exc))
-        width, height = TARGET_DIMENSIONS[image_size]
-        record = self._record(
-            prompt,
-            started,
-            likeness,
-            reference_url if fetch_likeness else None,
-            rendered,
-            width=width,
-            height=height,
-            cost=price(self.renderer.model, image_size).usd_per_image,
+        attempt = _Attempt(
+            started=time.monotonic(),
+            prompt=user_prompt(player.display_name, player.position, player.school, None),
+            reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
-        return audit.record_success(db, snapshot, player, style, record, stored)
+        try:
+            png, stored, rendered = await self._make_image(db, player, style, image_size, attempt)
+            width, height = TARGET_DIMENSIONS[image_size]
+            cost = price(self.renderer.model, image_size).usd_per_image
+            record = self._record(attempt, rendered, width=width, height=height, cost=cost)
+            # The serving alias is rewritten under the player's row lock, so it always shows the current image.
+            alias = naming.current_key(player.id, player.slug, style)
+            publish = partial(self.storage.put, alias, png, immutable=False)
+            return await asyncio.to_thread(audit.record_success, db, snapshot, player, style, record, stored, publish)
+        except PortraitPipelineError as exc:
+            db.rollback()
+            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+
+    async def _make_image(
+        self, db: Session, player: Player, style: Style, image_size: ImageSize, attempt: _Attempt
+    ) -> tuple[bytes, StoredObject, RenderedImage]:
+        if attempt.reference_url and self.likeness is not None:
+            attempt.likeness = await self.likeness(db, player, attempt.reference_url)
+            description = attempt.likeness.description
+            attempt.prompt = user_prompt(player.display_name, player.position, player.school, description)
+        rendered = await self.renderer.render(
+            RenderRequest(
+                player_id=player.id,
+                seed=f"{player.id}:{player.slug}",
+                style=style,
+                system_prompt=system_prompt(style),
+                user_prompt=attempt.prompt,
+                size=image_size,
+            )
+        )
+        provenance = {
+            "portrait:player_id": str(player.id),
+            "portrait:style": style,
+            "portrait:model": self.renderer.model,
+            "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
+        }
+        png = images.normalize(rendered.data, TARGET_DIMENSIONS[image_size], provenance)
+        history_key = naming.history_key(player.id, player.slug, style, sha256_hex(png))
+        # The history object is stored before the row: no row ever claims an image storage does not have.
+        stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
+        return png, stored, rendered
 
     def _record(
         self,
-        prompt: str,
-        started: float,
-        likeness: Likeness | None,
-        reference_url: str | None,
+        attempt: _Attempt,
         rendered: RenderedImage | None = None,
         *,
         width: int | None = None,
         height: int | None = None,
         cost: Decimal = Decimal("0"),
     ) -> audit.GenerationRecord:
+        likeness = attempt.likeness
         return audit.GenerationRecord(
-            user_prompt=prompt,
+            user_prompt=attempt.prompt,
             model=self.renderer.model,
             system_prompt_version=SYSTEM_PROMPT_VERSION,
-            generation_time_sec=round(time.monotonic() - started, 3),
+            generation_time_sec=round(time.monotonic() - attempt.started, 3),
             likeness_description=likeness.description if likeness else None,
-            reference_image_url=reference_url,
+            reference_image_url=attempt.reference_url,
             reference_sha256=likeness.reference_sha256 if likeness else None,
             width=width,
             height=height,
@@ -165,6 +160,16 @@ class ImageGenerationService:
             total_tokens=rendered.total_tokens if rendered else None,
             cost_usd=cost,
         )
+
+
+@dataclass
+class _Attempt:
+    """What is known about one player's attempt so far, so a failure row records it too."""
+
+    started: float
+    prompt: str
+    reference_url: str | None
+    likeness: Likeness | None = None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def options_from_args(args: argparse.Namespace) -> GenerationOptions:
             check_reference_url(args.likeness_url)
         except InvalidInput:
             raise InvalidInput(f"--likeness-url {args.likeness_url}: only http(s) URLs") from None
-    styles = tuple(dict.fromkeys(_style_flag(value) for value in (args.style or ["default"])))
+    styles = tuple(dict.fromkeys(style_flag(value) for value in (args.style or ["default"])))
     return GenerationOptions(
         styles=styles,
         image_size=args.size,
@@ -62,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> GenerationOptions:
     )
 
 
-def _style_flag(value: str) -> Style:
+def style_flag(value: str) -> Style:
     try:
         return parse_style(value)
     except InvalidInput as exc:

@@ -1,7 +1,6 @@
 """The portrait manifest: one JSON file naming every current image, its URL, checksum and size."""
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -10,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline.assets import player_portraits
 from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline.image_assets_service import as_utc
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
 from portrait_pipeline.storage import ImageStorage
 
@@ -36,14 +36,9 @@ def build_manifest(db: Session, storage: ImageStorage) -> dict[str, Any]:
             "sha256": asset.content_sha256,
             "width": asset.width,
             "height": asset.height,
-            "updated": _utc(asset.created_at).isoformat(),
+            "updated": as_utc(asset.created_at).isoformat(),
         }
     return {"version": MANIFEST_VERSION, "count": len(rows), "players": list(players.values())}
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands timestamps back naive; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dg.asset(deps=[player_portraits], group_name="portraits", kinds={"json"})

@@ -26,6 +26,7 @@ from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageSt
 from portrait_pipeline.styles import STYLES, Style
 
 DEFAULT_IMAGE_DIR = REPO_ROOT / ".portraits" / "images"
+DEFAULT_MAX_FAILURE_RATE = 0.10
 
 
 class PortraitS3Resource(S3Resource):
@@ -140,6 +141,14 @@ class LikenessResource(dg.ConfigurableResource):
         return FetchPolicy.from_allow_list(self.allow_hosts, max_bytes=self.max_bytes, timeout_s=self.timeout_s)
 
 
+class QualitySettings(dg.ConfigurableResource):
+    """Thresholds the quality checks judge a partition by."""
+
+    max_failure_rate: float = Field(
+        default=DEFAULT_MAX_FAILURE_RATE, ge=0, le=1, description="PORTRAIT_MAX_FAILURE_RATE: warn above (0.1 = 10%)"
+    )
+
+
 class PortraitSettings(dg.ConfigurableResource):
     """Project settings that are not credentials: the current draft class and what automation covers."""
 
@@ -202,6 +211,7 @@ def resources_from_env() -> dict[str, Any]:
         ),
         "settings": settings,
         "likeness": LikenessResource(allow_hosts=env.get("LIKENESS_FETCH_ALLOW_HOSTS") or None),
+        "quality": QualitySettings(max_failure_rate=_env_float("PORTRAIT_MAX_FAILURE_RATE", DEFAULT_MAX_FAILURE_RATE)),
     }
 
 
@@ -211,6 +221,16 @@ def _env_choice(name: str, choices: tuple[RendererChoice, ...]) -> RendererChoic
         if value == choice:
             return choice
     raise ConfigurationError(f"{name}={value!r}: choose {', '.join(choices)}")
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r}: expected a number like 0.1") from None
 
 
 def _env_int(name: str, default: int) -> int:

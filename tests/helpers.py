@@ -10,7 +10,7 @@ from portrait_pipeline.assets import likeness_descriptions, player_portraits
 from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.partitions import portrait_partition_key
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, QualitySettings
 
 
 def resources_for(
@@ -24,6 +24,7 @@ def resources_for(
         "storage": storage,
         "gemini": gemini,
         "likeness": likeness or LikenessResource(),
+        "quality": QualitySettings(),
         "image_io_manager": PortraitIOManager(storage=storage),
     }
 

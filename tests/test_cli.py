@@ -141,3 +141,26 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run: Run, seeded: dict[str, 
     assert "total" in result.stdout and "offline-renderer" in result.stdout
     assert count(seeded["DATABASE_URL"], PlayerImageSnapshot) == 0
     assert not Path(seeded["IMAGE_LOCAL_DIR"]).exists()
+
+
+def test_history_url_and_promote_let_a_reviewer_roll_back(run: Run, seeded: dict[str, str]) -> None:
+    for _ in range(2):
+        assert run("generate", "--player-id", "1", "--style", "comic").returncode == 0
+    url = seeded["DATABASE_URL"]
+    with session_scope(engine_for(url)) as db:
+        first, second = db.scalars(select(PlayerImageAsset).order_by(PlayerImageAsset.id)).all()
+        first_id, first_url, second_url = first.id, first.public_url, second.public_url
+
+    history = run("history", "--player-id", "1")
+    assert history.returncode == 0, history.stderr
+    lines = [line for line in history.stdout.splitlines() if "comic" in line]
+    assert len(lines) == 2 and lines[1].split()[0] == f"{second.id}*" and "offline-renderer" in lines[0]
+    assert run("url", "--player-id", "1", "--style", "comic").stdout.strip() == second_url
+
+    promoted = run("promote", "--asset-id", str(first_id))
+    assert promoted.returncode == 0, promoted.stderr
+    assert run("url", "--player-id", "1", "--style", "comic").stdout.strip() == first_url
+    assert run("history", "--player-id", "1").stdout.count("*") == 2  # one row and the legend
+    assert run("url", "--player-id", "1", "--style", "retro").stdout.strip().startswith("https://placehold.co/")
+    missing = run("history", "--player-id", "99999")
+    assert missing.returncode == 2 and "--player-id 99999: no such player" in missing.stderr
