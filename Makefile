@@ -15,9 +15,9 @@ $(BIN)/portrait-pipeline: pyproject.toml
 
 install: $(BIN)/portrait-pipeline $(DAGSTER_HOME)/dagster.yaml
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: dagster.dev.yaml
 	@mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp dagster.dev.yaml $@
 
 migrate: install
 	$(BIN)/portrait-pipeline db upgrade

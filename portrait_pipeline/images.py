@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,7 +103,9 @@ def contact_sheet(
         x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
         thumb = decode(load()).convert("RGB").resize((tile_w, tile_h), Image.Resampling.BILINEAR)
         sheet.paste(thumb, (x, y))
-        draw.text((x + 4, y + tile_h + 1), name[:28], fill="#1f2a37", font=font)
+        # Pillow's built-in font has no accented letters: label "Tomás Ibáñez" as "Tomas Ibanez".
+        label = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+        draw.text((x + 4, y + tile_h + 1), label[:28], fill="#1f2a37", font=font)
     return sheet
 
 
