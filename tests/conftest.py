@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from portrait_pipeline import db
 from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
+from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import LocalImageStorage
 
 POSTGRES_URL = os.environ.get("PORTRAIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -99,3 +100,11 @@ def settings() -> PortraitSettings:
 @pytest.fixture
 def demo_roster() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "demo_roster.csv"
+
+
+@pytest.fixture
+def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
+    """A migrated database holding the demo roster (40 players, 2025 and 2026 classes, five active pros)."""
+    with database.session() as session:
+        import_roster(session, read_roster(demo_roster))
+    return database

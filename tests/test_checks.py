@@ -1,7 +1,6 @@
 """Quality checks on `player_portraits`: the plain functions on real audit rows and storage, then through Dagster."""
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -26,18 +25,10 @@ from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.partitions import portrait_partition_key
 from portrait_pipeline.renderer import render_portrait
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, QualitySettings
-from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import LocalImageStorage
 from tests.helpers import materialize_portraits, resources_for
 
 PARTITION = ("2025", "default")
-
-
-@pytest.fixture
-def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
-    with database.session() as session:
-        import_roster(session, read_roster(demo_roster))
-    return database
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,7 +19,6 @@ from portrait_pipeline import images
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerLikeness
 from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
-from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import sha256_hex
 from tests.helpers import materialize_likeness, materialize_portraits, resources_for
 from tests.servers import gemini as fake
@@ -51,13 +49,6 @@ def gemini(server: fake.GeminiTestServer) -> GeminiResource:
 
 
 @pytest.fixture
-def roster(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
-    with database.session() as db:
-        import_roster(db, read_roster(demo_roster))
-    return database
-
-
-@pytest.fixture
 def reference_png() -> bytes:
     buffer = io.BytesIO()
     Image.radial_gradient("L").convert("RGB").resize((300, 360)).save(buffer, format="PNG")
@@ -80,13 +71,13 @@ def assets_of(database: DatabaseResource) -> list[PlayerImageAsset]:
 
 
 def test_partition_is_generated_through_the_sdk_with_the_seed_request(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
 ) -> None:
     result = materialize_portraits(
-        resources_for(roster, storage_resource, gemini), ("2025", "vector"), {"player_ids": [1, 2, 3, 4, 5]}
+        resources_for(roster_loaded, storage_resource, gemini), ("2025", "vector"), {"player_ids": [1, 2, 3, 4, 5]}
     )
     assert result.success
     requests = image_requests(server)
@@ -102,7 +93,7 @@ def test_partition_is_generated_through_the_sdk_with_the_seed_request(
     assert metadata["token_cost_usd"].value == pytest.approx(5 * fake.IMAGE_TOKENS * 120 / 1_000_000)
     assert metadata["cost_usd"].value == pytest.approx(5 * 0.134)
     storage = storage_resource.get_storage()
-    for asset in assets_of(roster):
+    for asset in assets_of(roster_loaded):
         assert asset.status == "succeeded" and asset.model == IMAGE_MODEL
         assert asset.cost_usd == Decimal("0.1340") and asset.output_tokens == fake.IMAGE_TOKENS
         assert asset.prompt_tokens and asset.total_tokens
@@ -125,7 +116,7 @@ def test_partition_is_generated_through_the_sdk_with_the_seed_request(
     ],
 )
 def test_an_answer_without_image_fails_that_player_and_the_rest_go_on(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
@@ -134,9 +125,9 @@ def test_an_answer_without_image_fails_that_player_and_the_rest_go_on(
 ) -> None:
     server.enqueue(reply)
     config = {"player_ids": [1, 2, 3]}
-    result = materialize_portraits(resources_for(roster, storage_resource, gemini), ("2025", "default"), config)
+    result = materialize_portraits(resources_for(roster_loaded, storage_resource, gemini), ("2025", "default"), config)
     assert result.success
-    assets = assets_of(roster)
+    assets = assets_of(roster_loaded)
     assert [asset.status for asset in assets] == ["failed", "succeeded", "succeeded"]
     assert reason in (assets[0].error_message or "")
     assert not assets[0].is_current and assets[0].s3_key is None
@@ -146,28 +137,30 @@ def test_an_answer_without_image_fails_that_player_and_the_rest_go_on(
 
 
 def test_512_is_generated_at_1k_and_downscaled(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
 ) -> None:
     config = {"player_ids": [1], "image_size": "512"}
-    assert materialize_portraits(resources_for(roster, storage_resource, gemini), ("2025", "comic"), config).success
+    assert materialize_portraits(
+        resources_for(roster_loaded, storage_resource, gemini), ("2025", "comic"), config
+    ).success
     assert image_requests(server)[0].body["generationConfig"]["imageConfig"]["imageSize"] == "1K"
-    asset = assets_of(roster)[0]
+    asset = assets_of(roster_loaded)[0]
     assert (asset.width, asset.height) == (400, 500)
     assert images.inspect(storage_resource.get_storage().get(asset.s3_key or "")).width == 400
 
 
 def test_rate_limit_answer_is_retried_after_the_servers_delay(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
 ) -> None:
     server.enqueue(fake.rate_limited_reply(0.7), fake.internal_error_reply(), fake.unavailable_reply())
     result = materialize_portraits(
-        resources_for(roster, storage_resource, gemini), ("2025", "retro"), {"player_ids": [1]}
+        resources_for(roster_loaded, storage_resource, gemini), ("2025", "retro"), {"player_ids": [1]}
     )
     assert result.success
     requests = image_requests(server)
@@ -175,11 +168,11 @@ def test_rate_limit_answer_is_retried_after_the_servers_delay(
     # RetryInfo said 0.7 s; our own backoff starts at 0.05 s, so only the server's hint explains the gap.
     assert requests[1].started - requests[0].started >= 0.7
     assert requests[2].started - requests[1].started < 0.7
-    assert assets_of(roster)[0].status == "succeeded"
+    assert assets_of(roster_loaded)[0].status == "succeeded"
 
 
 def test_a_hung_call_times_out_and_is_retried(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     server: fake.GeminiTestServer,
     gemini: GeminiResource,
@@ -187,30 +180,30 @@ def test_a_hung_call_times_out_and_is_retried(
     server.enqueue(fake.hang_reply())
     quick = gemini.model_copy(update={"timeout_s": 1.0})
     result = materialize_portraits(
-        resources_for(roster, storage_resource, quick), ("2025", "default"), {"player_ids": [1]}
+        resources_for(roster_loaded, storage_resource, quick), ("2025", "default"), {"player_ids": [1]}
     )
     assert result.success
     assert [request.status for request in image_requests(server)] == [None, 200]
-    assert assets_of(roster)[0].status == "succeeded"
+    assert assets_of(roster_loaded)[0].status == "succeeded"
 
 
 def test_retries_are_bounded_and_the_last_reason_is_stored(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     server: fake.GeminiTestServer,
     gemini: GeminiResource,
 ) -> None:
     server.enqueue(*[fake.internal_error_reply()] * 5)
     result = materialize_portraits(
-        resources_for(roster, storage_resource, gemini), ("2025", "default"), {"player_ids": [1]}
+        resources_for(roster_loaded, storage_resource, gemini), ("2025", "default"), {"player_ids": [1]}
     )
     assert not result.success  # every player of the run failed: the run says so
     assert len(image_requests(server)) == 5
-    assert "500 INTERNAL after 5 attempt(s)" in (assets_of(roster)[0].error_message or "")
+    assert "500 INTERNAL after 5 attempt(s)" in (assets_of(roster_loaded)[0].error_message or "")
 
 
 def test_reference_is_described_once_and_only_words_reach_the_image_model(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
@@ -218,9 +211,11 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     reference_png: bytes,
 ) -> None:
     url = references.url("/ref/player1.png")
-    with roster.session() as db:
+    with roster_loaded.session() as db:
         db.execute(update(Player).where(Player.id == 1).values(reference_image_url=url))
-    resources = resources_for(roster, storage_resource, gemini, LikenessResource(allow_hosts=references.host_port))
+    resources = resources_for(
+        roster_loaded, storage_resource, gemini, LikenessResource(allow_hosts=references.host_port)
+    )
     instance = dg.DagsterInstance.ephemeral()
 
     first = materialize_likeness(resources, "2025", instance=instance)
@@ -232,7 +227,7 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     assert len(vision) == 1
     sent = vision[0].body["contents"][0]["parts"][0]["inlineData"]["data"]
     assert base64.urlsafe_b64decode(sent) == reference_png  # the vision model does see the photo
-    with roster.session() as db:
+    with roster_loaded.session() as db:
         stored = db.scalars(select(PlayerLikeness)).one()
     assert stored.reference_sha256 == sha256_hex(reference_png) and stored.description == fake.DEFAULT_DESCRIPTION
 
@@ -244,7 +239,7 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     for body in bodies:  # the image model gets words only, never the reference photo
         assert "inlineData" not in body and not any(mark.decode() in body for mark in fingerprints)
     assert len([request for request in server.requests if request.model == VISION_MODEL]) == 1
-    with_likeness, without = assets_of(roster)
+    with_likeness, without = assets_of(roster_loaded)
     assert with_likeness.used_likeness_ref and with_likeness.reference_sha256 == stored.reference_sha256
     assert with_likeness.likeness_description == fake.DEFAULT_DESCRIPTION and url == with_likeness.reference_image_url
     assert not without.used_likeness_ref and without.status == "succeeded"
@@ -255,21 +250,21 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     ["http://169.254.169.254/latest/meta-data/iam", "http://10.0.0.7/photo.jpg", "http://127.0.0.1:9/photo.png"],
 )
 def test_refused_reference_is_a_reason_on_the_players_row_not_a_crash(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
     bad_url: str,
 ) -> None:
-    with roster.session() as db:
+    with roster_loaded.session() as db:
         db.execute(update(Player).where(Player.id == 2).values(reference_image_url=bad_url))
-    resources = resources_for(roster, storage_resource, gemini)
+    resources = resources_for(roster_loaded, storage_resource, gemini)
     likeness = materialize_likeness(resources, "2025")
     assert likeness.success
     assert likeness.asset_materializations_for_node("likeness_descriptions")[0].metadata["refused"].value == 1
     config = {"player_ids": [1, 2], "fetch_likeness": True}
     assert materialize_portraits(resources, ("2025", "default"), config).success
-    refused = assets_of(roster)[1]
+    refused = assets_of(roster_loaded)[1]
     assert (
         refused.status == "failed"
         and "is " in (refused.error_message or "")
@@ -279,7 +274,7 @@ def test_refused_reference_is_a_reason_on_the_players_row_not_a_crash(
 
 
 def test_api_key_never_reaches_logs_metadata_or_the_database(
-    roster: DatabaseResource,
+    roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
     gemini: GeminiResource,
     server: fake.GeminiTestServer,
@@ -290,14 +285,14 @@ def test_api_key_never_reaches_logs_metadata_or_the_database(
     instance = dg.DagsterInstance.ephemeral()
     config = {"player_ids": [1, 2, 3], "run_key": "secret-check"}
     result = materialize_portraits(
-        resources_for(roster, storage_resource, gemini), ("2025", "default"), config, instance
+        resources_for(roster_loaded, storage_resource, gemini), ("2025", "default"), config, instance
     )
     assert result.success
     assert {request.api_key for request in server.requests} == {API_KEY}  # it was really used
 
     events = json.dumps([str(entry) for entry in instance.all_logs(result.run_id)])
     assert API_KEY not in events and API_KEY not in caplog.text
-    with roster.session() as db:
+    with roster_loaded.session() as db:
         tables = inspect(db.get_bind()).get_table_names()
         dump = json.dumps([[list(map(str, row)) for row in db.execute(text(f"SELECT * FROM {t}"))] for t in tables])
     assert API_KEY not in dump and "Permission denied" in dump

@@ -1,11 +1,9 @@
 """The portrait manifest: its JSON names exactly the current images, and the asset writes it to storage."""
 
 import json
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 from sqlalchemy import select
 
 from portrait_pipeline.db.models import PlayerImageAsset
@@ -14,17 +12,9 @@ from portrait_pipeline.image_assets_service import promote_asset
 from portrait_pipeline.manifest import MANIFEST_KEY, build_manifest, portrait_manifest
 from portrait_pipeline.portraits import Portrait, current_portraits
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
-from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, sha256_hex
 from tests.helpers import materialize_portraits, resources_for
 from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401
-
-
-@pytest.fixture
-def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
-    with database.session() as session:
-        import_roster(session, read_roster(demo_roster))
-    return database
 
 
 def generate(

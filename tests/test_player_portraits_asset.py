@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 from sqlalchemy import func, select
 
 from portrait_pipeline import images, naming
@@ -16,15 +15,7 @@ from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.partitions import portrait_partition_key
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
-from portrait_pipeline.roster import import_roster, read_roster
 from tests.helpers import materialize_portraits, resources_for
-
-
-@pytest.fixture
-def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
-    with database.session() as session:
-        import_roster(session, read_roster(demo_roster))
-    return database
 
 
 def materialize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,7 +18,6 @@ from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.io_managers import PortraitIOManager, index_key
 from portrait_pipeline.partitions import portrait_partition_key
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
-from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, IMMUTABLE_CACHE_CONTROL
 from tests.helpers import materialize_portraits, resources_for
 from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401
@@ -32,13 +30,6 @@ WRONG_SECRET = "Wr0ngSecret-e2e-" + "y" * 24
 EVERY_PLAYER = {"max_consecutive_failures": 100}
 # The pipeline's own keys are fixed, not random like the other S3 tests' prefixes.
 PIPELINE_PREFIXES = ("players/", "portraits/", "contact-sheets/")
-
-
-@pytest.fixture
-def roster_loaded(database: DatabaseResource, demo_roster: Path) -> DatabaseResource:
-    with database.session() as session:
-        import_roster(session, read_roster(demo_roster))
-    return database
 
 
 @pytest.fixture
