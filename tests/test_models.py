@@ -211,7 +211,7 @@ def test_promote_refuses_failed_and_unknown_assets(database: DatabaseResource) -
         player_id = player.id
     with pytest.raises(InvalidInput, match="that generation failed"), database.session() as session:
         audit.promote(session, failed.id)
-    with pytest.raises(InvalidInput, match="--asset-id 99999: no such image"), database.session() as session:
+    with pytest.raises(InvalidInput, match="asset 99999: no such image"), database.session() as session:
         audit.promote(session, 99999)
     assert _current_ids(database, player_id) == [good.id]
 

@@ -34,10 +34,13 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-@cache
 def engine_for(url: str) -> Engine:
-    """One engine (and connection pool) per database URL per process."""
-    normalized = normalize_url(url)
+    """One engine (and connection pool) per database per process, however its URL is spelled."""
+    return _engine(normalize_url(url))
+
+
+@cache
+def _engine(normalized: str) -> Engine:
     if normalized.startswith("sqlite"):
         database = make_url(normalized).database
         if database and database != ":memory:":
