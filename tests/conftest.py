@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from dagster._core.storage.defs_state.base import _current_storage
 from sqlalchemy.engine import make_url
 
 from portrait_pipeline import db
@@ -27,6 +28,15 @@ def postgres_available() -> bool:
             return True
     except psycopg.OperationalError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _dagster_defs_state_isolated() -> Iterator[None]:
+    """`with DagsterInstance` leaves its defs-state storage set after exit (dagster 1.13): a later test would
+    then load definitions through a dead instance. Each test gets the state it started with back."""
+    _current_storage.set(None)
+    yield
+    _current_storage.set(None)
 
 
 @pytest.fixture(scope="session")
