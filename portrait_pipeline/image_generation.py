@@ -18,7 +18,7 @@ from portrait_pipeline import audit, images, naming
 from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS, ImageSize, price
 from portrait_pipeline.db import session_scope
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.errors import PortraitPipelineError, StorageError
 from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.renderer import render_portrait
@@ -94,21 +94,22 @@ class ImageGenerationService:
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
         try:
-            png, stored, rendered = await self._make_image(db, player, style, image_size, attempt)
-            width, height = TARGET_DIMENSIONS[image_size]
-            cost = price(self.renderer.model, image_size).usd_per_image
-            record = self._record(attempt, rendered, width=width, height=height, cost=cost)
-            # The serving alias is rewritten under the player's row lock, so it always shows the current image.
-            alias = naming.current_key(player.id, player.slug, style)
-            publish = partial(self.storage.put, alias, png, immutable=False)
-            return await asyncio.to_thread(audit.record_success, db, snapshot, player, style, record, stored, publish)
+            png, stored = await self._make_image(db, player, style, image_size, attempt)
         except PortraitPipelineError as exc:
-            db.rollback()
+            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+        width, height = TARGET_DIMENSIONS[image_size]
+        record = self._record(attempt, width=width, height=height)
+        # The serving alias is rewritten under the player's row lock, so it always shows the current image.
+        publish = partial(self.storage.put, naming.current_key(player.id, player.slug, style), png, immutable=False)
+        try:
+            return await asyncio.to_thread(audit.record_success, db, snapshot, player, style, record, stored, publish)
+        except StorageError as exc:
+            db.rollback()  # the uncommitted row of this image, not the caller's committed snapshot
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
 
     async def _make_image(
         self, db: Session, player: Player, style: Style, image_size: ImageSize, attempt: _Attempt
-    ) -> tuple[bytes, StoredObject, RenderedImage]:
+    ) -> tuple[bytes, StoredObject]:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
@@ -129,22 +130,20 @@ class ImageGenerationService:
             "portrait:model": self.renderer.model,
             "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
         }
-        png = images.normalize(rendered.data, TARGET_DIMENSIONS[image_size], provenance)
+        attempt.rendered = rendered  # paid for from here on, whatever happens next
+        attempt.cost = price(self.renderer.model, image_size).usd_per_image
+        # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
+        png = await asyncio.to_thread(images.normalize, rendered.data, TARGET_DIMENSIONS[image_size], provenance)
         history_key = naming.history_key(player.id, player.slug, style, sha256_hex(png))
         # The history object is stored before the row: no row ever claims an image storage does not have.
         stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
-        return png, stored, rendered
+        return png, stored
 
     def _record(
-        self,
-        attempt: _Attempt,
-        rendered: RenderedImage | None = None,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        cost: Decimal = Decimal("0"),
+        self, attempt: _Attempt, *, width: int | None = None, height: int | None = None
     ) -> audit.GenerationRecord:
-        likeness = attempt.likeness
+        """The audit fields of an attempt; an answer that was paid for keeps its cost and tokens even if it failed."""
+        likeness, rendered = attempt.likeness, attempt.rendered
         return audit.GenerationRecord(
             user_prompt=attempt.prompt,
             model=self.renderer.model,
@@ -158,7 +157,7 @@ class ImageGenerationService:
             prompt_tokens=rendered.prompt_tokens if rendered else None,
             output_tokens=rendered.output_tokens if rendered else None,
             total_tokens=rendered.total_tokens if rendered else None,
-            cost_usd=cost,
+            cost_usd=attempt.cost,
         )
 
 
@@ -170,6 +169,8 @@ class _Attempt:
     prompt: str
     reference_url: str | None
     likeness: Likeness | None = None
+    rendered: RenderedImage | None = None
+    cost: Decimal = Decimal("0")
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,9 @@ class LocalImageStorage:
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
+            written = path.stat().st_size
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        written = path.stat().st_size
         if written != len(data):
             raise StorageError(f"short write to {path}: {written} of {len(data)} bytes")
         return self._stored(key, digest, len(data))

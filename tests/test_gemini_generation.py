@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,11 +17,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import inspect, select, text, update
 
-from portrait_pipeline import images
+from portrait_pipeline import audit, images
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerLikeness
 from portrait_pipeline.gemini import GeminiResource
+from portrait_pipeline.image_generation import ImageGenerationService
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
-from portrait_pipeline.storage import sha256_hex
+from portrait_pipeline.storage import LocalImageStorage, sha256_hex
 from tests.helpers import materialize_likeness, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
@@ -298,3 +301,35 @@ def test_api_key_never_reaches_logs_metadata_or_the_database(
     assert API_KEY not in dump and "Permission denied" in dump
     run_config: Any = instance.get_run_by_id(result.run_id)
     assert run_config is not None and API_KEY not in str(run_config.run_config)
+
+
+def test_a_paid_answer_that_cannot_be_stored_keeps_its_cost_on_the_failed_row(
+    roster_loaded: DatabaseResource, gemini: GeminiResource, server: fake.GeminiTestServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the image folder should be")
+    service = ImageGenerationService(gemini.renderer(), LocalImageStorage(blocker / "images"))
+    with roster_loaded.session() as db:
+        player = db.get_one(Player, 1)
+        snapshot = audit.start_snapshot(db, snapshot_spec())
+        db.commit()
+        asset = asyncio.run(service.generate_for_player(db=db, player=player, snapshot=snapshot, style="default"))
+    assert len(image_requests(server)) == 1  # Gemini answered, so the image was paid for
+    assert asset.status == "failed" and "cannot write" in (asset.error_message or "")
+    assert asset.cost_usd == Decimal("0.134") and asset.output_tokens == fake.IMAGE_TOKENS
+    assert not asset.is_current and asset.s3_key is None
+
+
+def snapshot_spec() -> audit.SnapshotSpec:
+    return audit.SnapshotSpec(
+        run_key="paid-failure",
+        style="default",
+        cohort="draft_2025",
+        draft_year=2025,
+        population_size=1,
+        system_prompt="",
+        system_prompt_version="v2.1",
+        image_size="1K",
+        model=IMAGE_MODEL,
+        estimated_cost_usd=Decimal("0.134"),
+    )

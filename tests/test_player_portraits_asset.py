@@ -151,3 +151,18 @@ def test_unmigrated_database_fails_the_run_with_the_fix(
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure is not None and "portrait-pipeline db upgrade" in str(failure.cause or failure.message)
+
+
+def test_missing_only_trusts_legacy_files_but_not_an_alias_without_an_audit_row(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    storage = storage_resource.get_storage()
+    storage.put(naming.legacy_key(1, "default"), b"legacy jpeg bytes", immutable=False)
+    # What a run killed between writing the alias and committing its row leaves behind.
+    storage.put(naming.current_key(2, "tomas-ibanez", "default"), b"orphan", immutable=False)
+    config = {"missing_only": True, "player_ids": [1, 2]}
+    result = materialize(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), config)
+    assert result.success
+    metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
+    assert (metadata["skipped"].value, metadata["generated"].value) == (1, 1)
+    assert images.inspect(storage.get(naming.current_key(2, "tomas-ibanez", "default"))).width == 800

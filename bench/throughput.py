@@ -1,0 +1,373 @@
+"""How fast one partition of `player_portraits` goes through Gemini, against the local Gemini test server.
+
+    .venv/bin/python -m bench.throughput                         # 200 players, 0.5 s latency, 20 req/s, 16 in flight
+    .venv/bin/python -m bench.throughput --baseline-players 40   # sequential baseline on 40 players, extrapolated
+    .venv/bin/python -m bench.throughput --memory-check          # peak RSS at 200 and at 2000 players
+    .venv/bin/python -m bench.throughput --profile               # cProfile of the concurrent run (top functions)
+
+This process runs the GeminiTestServer; every measured run is a separate worker process (this module with
+--worker) that builds a temporary SQLite database and image folder, inserts N fictional players of one draft
+year and materializes their partition through the real asset, so peak RSS is per run and the server's CPU is
+not the pipeline's. The bound a run is compared with is max(N / rate, N x latency / max_concurrency): the
+server's rate limit or the concurrency, whichever is slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.servers.gemini import GeminiTestServer  # noqa: E402  (needs the repo root on sys.path)
+
+DRAFT_YEAR = "2031"
+STYLE = "default"
+IMAGE_MODEL = "gemini-3-pro-image-preview"
+FIRST_NAMES = ("Amari", "Bastien", "Caius", "Dario", "Emeka", "Fionn", "Goran", "Hakim", "Ilias", "Jonah")
+LAST_NAMES = ("Achterberg", "Brannigan", "Castellano", "Drummond", "Eze", "Falkner", "Grobler", "Hallström")
+POSITIONS = ("PG", "SG", "SF", "PF", "C")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--players", type=int, default=200, help="players in the partition (default 200)")
+    parser.add_argument("--latency", type=float, default=0.5, help="server latency per answer, seconds (0.5)")
+    parser.add_argument("--rps", type=float, default=20.0, help="server rate limit, requests per second (20)")
+    parser.add_argument("--max-concurrency", type=int, default=16, help="GeminiResource.max_concurrency (16)")
+    parser.add_argument("--skip-sequential", action="store_true", help="no sequential (max_concurrency=1) baseline")
+    parser.add_argument(
+        "--baseline-players", type=int, help="players for the sequential baseline, extrapolated to --players"
+    )
+    parser.add_argument("--memory-check", action="store_true", help="peak RSS at 200 and 2000 players, compared")
+    parser.add_argument("--profile", action="store_true", help="cProfile the concurrent run's main thread")
+    # The worker side: one run in this process, its figures as one JSON line on stdout.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--rpm", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --- the worker: one partition through the real asset ------------------------------------------------------
+
+
+def seed_players(url: str, count: int) -> None:
+    """`count` fictional players, all in DRAFT_YEAR, with unique slugs."""
+    from sqlalchemy import insert
+
+    from portrait_pipeline.db import engine_for, session_scope
+    from portrait_pipeline.db.models import Player
+
+    rows = []
+    for index in range(1, count + 1):
+        first = FIRST_NAMES[index % len(FIRST_NAMES)]
+        last = LAST_NAMES[(index // len(FIRST_NAMES)) % len(LAST_NAMES)]
+        rows.append(
+            {
+                "slug": f"{first}-{last}-{index}".lower().replace("ö", "o"),
+                "display_name": f"{first} {last} {index}",
+                "first_name": first,
+                "last_name": f"{last} {index}",
+                "position": POSITIONS[index % len(POSITIONS)],
+                "school": "Bench State",
+                "draft_year": int(DRAFT_YEAR),
+            }
+        )
+    with session_scope(engine_for(url)) as session:
+        session.execute(insert(Player), rows)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MiB."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of /proc/self/status (VmRSS, VmHWM), in MiB; 0 where there is no /proc."""
+    if not Path("/proc/self/status").exists():
+        return 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler:
+    """VmRSS every 20 ms, with wall-clock times, to tell which phase of a run holds the peak."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.samples.append((time.time(), _status_mb("VmRSS")))
+
+    def peak_between(self, start: float, end: float) -> float:
+        return max((rss for at, rss in self.samples if start <= at <= end), default=0.0)
+
+
+def engine_finished_at(url: str) -> float:
+    """When the engine closed the partition's snapshot (after the last player, before the asset's output)."""
+    from sqlalchemy import func, select
+
+    from portrait_pipeline.db import engine_for, session_scope
+    from portrait_pipeline.db.models import PlayerImageSnapshot
+
+    with session_scope(engine_for(url)) as session:
+        finished = session.scalar(select(func.max(PlayerImageSnapshot.finished_at)))
+    if finished is None:
+        return time.time()
+    return (finished if finished.tzinfo else finished.replace(tzinfo=UTC)).timestamp()
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    from portrait_pipeline import db
+    from portrait_pipeline.gemini import GeminiResource
+    from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+    from tests.helpers import materialize_portraits, resources_for
+
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
+        url = f"sqlite:///{Path(folder) / 'bench.db'}"
+        db.upgrade(url)
+        seed_players(url, args.players)
+        gemini = GeminiResource(
+            api_key="bench-key",
+            base_url=args.base_url,
+            max_concurrency=args.max_concurrency,
+            requests_per_minute=args.rpm,
+        )
+        storage = ImageStorageResource(local=True, local_dir=str(Path(folder) / "images"))
+        resources = resources_for(DatabaseResource(url=url), storage, gemini)
+        rss_before = peak_rss_mb()
+        profiler = cProfile.Profile() if args.profile else None
+        started, cpu_before, clock_started = time.perf_counter(), cpu_s(), time.time()
+        with RssSampler() as sampler:
+            if profiler is not None:
+                profiler.enable()
+            result = materialize_portraits(resources, (DRAFT_YEAR, STYLE))
+            if profiler is not None:
+                profiler.disable()
+        wall, cpu, clock_ended = time.perf_counter() - started, cpu_s() - cpu_before, time.time()
+        split = engine_finished_at(url)
+        materializations = result.asset_materializations_for_node("player_portraits")
+        metadata = materializations[0].metadata if materializations else {}
+        figures = {
+            "success": result.success,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "engine_wall_s": metadata["wall_time_s"].value if "wall_time_s" in metadata else None,
+            "generated": metadata["generated"].value if "generated" in metadata else 0,
+            "failed": metadata["failed"].value if "failed" in metadata else None,
+            "failures": str(metadata["failures"].value)[:600] if "failures" in metadata else "",
+            "rss_before_mb": rss_before,
+            "peak_rss_mb": peak_rss_mb(),
+            "engine_rss_mb": sampler.peak_between(clock_started, split),
+            "after_engine_rss_mb": sampler.peak_between(split, clock_ended),
+        }
+        db.engine_for(url).dispose()
+    if profiler is not None:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(18)
+        stats.sort_stats("cumulative").print_stats(r"portrait_pipeline|asyncio/base_events|aiolimiter", 25)
+        print(out.getvalue(), file=sys.stderr)
+    return figures
+
+
+# --- the driver: a server here, one worker process per run ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One worker's figures plus what the server saw during it."""
+
+    players: int
+    max_concurrency: int
+    wall_s: float
+    cpu_s: float
+    engine_wall_s: float | None
+    generated: int
+    failed: int | None
+    failures: str
+    success: bool
+    rss_before_mb: float
+    engine_rss_mb: float
+    after_engine_rss_mb: float
+    peak_rss_mb: float
+    peak_in_flight: int
+    count_429: int
+    image_200s: int
+
+
+def measure(server: GeminiTestServer, players: int, max_concurrency: int, rps: float, *, profile: bool = False) -> Run:
+    server.reset()
+    command = [
+        sys.executable,
+        "-m",
+        "bench.throughput",
+        "--worker",
+        f"--base-url={server.base_url}",
+        f"--players={players}",
+        f"--max-concurrency={max_concurrency}",
+        f"--rpm={int(rps * 60)}",
+        *(["--profile"] if profile else []),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if profile:
+        print(_profile_section(done.stderr))
+    if done.returncode != 0:
+        sys.exit(f"worker failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    requests = server.requests
+    return Run(
+        players=players,
+        max_concurrency=max_concurrency,
+        peak_in_flight=server.peak_in_flight,
+        count_429=server.count_429,
+        image_200s=sum(1 for request in requests if request.model == IMAGE_MODEL and request.status == 200),
+        **figures,
+    )
+
+
+def _profile_section(stderr: str) -> str:
+    """The pstats tables from the worker's stderr, without Dagster's event log lines."""
+    start = stderr.find("         ")  # pstats' first line is indented: "   123 function calls in ..."
+    return stderr[start:] if start >= 0 else stderr[-6000:]
+
+
+def bound_s(players: int, latency: float, rps: float, max_concurrency: int) -> float:
+    return max(players / rps, players * latency / max_concurrency)
+
+
+def report_run(label: str, run: Run, latency: float, rps: float) -> None:
+    bound = bound_s(run.players, latency, rps, run.max_concurrency)
+    per_minute = run.generated / run.wall_s * 60 if run.wall_s else 0.0
+    engine = f"{run.engine_wall_s:.2f} s" if run.engine_wall_s is not None else "n/a"
+    print(f"{label}: {run.players} players, max_concurrency {run.max_concurrency}, run success {run.success}")
+    print(f"  wall time          {run.wall_s:8.2f} s   (engine only: {engine})")
+    print(f"  worker CPU time    {run.cpu_s:8.2f} s   (all threads of the worker process, during the run)")
+    print(f"  bound              {bound:8.2f} s   max(N / rate, N x latency / max_concurrency)")
+    print(f"  wall / bound       {run.wall_s / bound:8.2f} x")
+    print(f"  images per minute  {per_minute:8.1f}     ({run.generated} generated, {run.failed} failed)")
+    if run.failed:
+        print(f"  failures           {run.failures}")
+    print(f"  peak in flight     {run.peak_in_flight:8d}     (server; max_concurrency {run.max_concurrency})")
+    print(f"  429s seen          {run.count_429:8d}")
+    print(f"  paid image calls   {run.image_200s:8d}     (image requests answered 200)")
+    print(f"  peak RSS           {run.peak_rss_mb:8.1f} MiB (worker process; {run.rss_before_mb:.1f} MiB before run)")
+    print(f"    while generating {run.engine_rss_mb:8.1f} MiB (sampled VmRSS until the snapshot closed)")
+    print(f"    after the engine {run.after_engine_rss_mb:8.1f} MiB (contact sheet preview, IO manager, run end)")
+
+
+def check(label: str, ok: bool, detail: str) -> bool:
+    print(f"  [{'PASS' if ok else 'MISS'}] {label}: {detail}")
+    return ok
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return
+    latency, rps, concurrency = args.latency, args.rps, args.max_concurrency
+    print(f"GeminiTestServer: latency {latency} s, {rps} req/s (429 + RetryInfo above), model {IMAGE_MODEL}")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"host: {os.cpu_count()} CPUs, load average {load} at start (other processes share these CPUs)")
+    print(f"pipeline: GeminiResource(max_concurrency={concurrency}, requests_per_minute={int(rps * 60)}), SQLite")
+    print()
+    with GeminiTestServer(latency_s=latency, requests_per_second=rps) as server:
+        if args.memory_check:
+            memory_check(server, latency, rps, concurrency)
+            return
+        concurrent = measure(server, args.players, concurrency, rps, profile=args.profile)
+        report_run("concurrent", concurrent, latency, rps)
+        sequential = None if args.skip_sequential else run_sequential(server, args, latency, rps)
+    print()
+    print("targets:")
+    bound = bound_s(args.players, latency, rps, concurrency)
+    check("wall within 1.15x of the bound", concurrent.wall_s <= 1.15 * bound, f"{concurrent.wall_s / bound:.2f}x")
+    check(
+        "never more than max_concurrency in flight",
+        concurrent.peak_in_flight <= concurrency,
+        f"peak {concurrent.peak_in_flight} <= {concurrency}",
+    )
+    check(
+        "every player generated",
+        concurrent.generated == args.players,
+        f"{concurrent.generated} of {args.players}",
+    )
+    if sequential is not None:
+        speedup = sequential / concurrent.wall_s
+        print(f"speedup: {sequential:.2f} s sequential / {concurrent.wall_s:.2f} s concurrent = {speedup:.1f}x")
+        check(">= 8x faster than sequential", speedup >= 8, f"{speedup:.1f}x")
+
+
+def run_sequential(server: GeminiTestServer, args: argparse.Namespace, latency: float, rps: float) -> float:
+    """The sequential baseline's wall time for --players, extrapolated when it ran on fewer."""
+    players = min(args.baseline_players or args.players, args.players)
+    print()
+    sequential = measure(server, players, 1, rps)
+    report_run("sequential baseline", sequential, latency, rps)
+    if players == args.players:
+        return sequential.wall_s
+    extrapolated = sequential.wall_s * args.players / players
+    print(f"  EXTRAPOLATED to {args.players} players: {extrapolated:.2f} s (ran on {players}, scaled linearly)")
+    return extrapolated
+
+
+def memory_check(server: GeminiTestServer, latency: float, rps: float, concurrency: int) -> None:
+    small = measure(server, 200, concurrency, rps)
+    report_run("memory check, small", small, latency, rps)
+    print()
+    large = measure(server, 2000, concurrency, rps)
+    report_run("memory check, large", large, latency, rps)
+    print()
+    ratio = large.peak_rss_mb / small.peak_rss_mb
+    engine_ratio = large.engine_rss_mb / small.engine_rss_mb
+    print("targets:")
+    check(
+        "peak RSS at 2000 within 1.2x of 200",
+        ratio <= 1.2,
+        f"{large.peak_rss_mb:.1f} / {small.peak_rss_mb:.1f} MiB = {ratio:.2f}x",
+    )
+    print("  (diagnosis, not a target: the same comparison while generating only, until the snapshot closed)")
+    check(
+        "peak RSS while generating at 2000 within 1.2x of 200",
+        engine_ratio <= 1.2,
+        f"{large.engine_rss_mb:.1f} / {small.engine_rss_mb:.1f} MiB = {engine_ratio:.2f}x",
+    )
+
+
+if __name__ == "__main__":
+    main()
