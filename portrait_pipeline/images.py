@@ -16,7 +16,7 @@ MIN_SIDE = 64
 MAX_SIDE = 8192
 # Below this grayscale standard deviation an image is blank or near-uniform.
 MIN_STDDEV = 8.0
-MAX_SHEET_PIXELS = 16_000_000
+MAX_SHEET_PIXELS = 8_000_000
 Image.MAX_IMAGE_PIXELS = 50_000_000  # Pillow's decompression-bomb guard, explicit
 
 
@@ -94,7 +94,7 @@ def contact_sheet(
     """
     from PIL import ImageDraw, ImageFont
 
-    # Big partitions get smaller tiles, so the sheet (and its memory) stays bounded at about 16 megapixels.
+    # Big partitions get smaller tiles, so the sheet (and its memory) stays bounded at about 8 megapixels.
     scale = min(1.0, (MAX_SHEET_PIXELS / (max(1, len(tiles)) * tile_size[0] * tile_size[1] * 1.1)) ** 0.5)
     tile_w, tile_h = max(24, int(tile_size[0] * scale)), max(30, int(tile_size[1] * scale))
     label_h = max(14, tile_h // 10)
