@@ -12,9 +12,9 @@ import pytest
 from portrait_pipeline.assets import player_portraits
 from portrait_pipeline.db.models import Player
 from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.io_managers import PortraitIOManager
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, PortraitSettings
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
 from portrait_pipeline.schedules import DRAFT_CLASS_BACKFILL_CRON, NBA_REFRESH_CRON, draft_class_backfill, nba_refresh
+from tests.helpers import resources_for
 
 TICK = datetime(2025, 5, 5, 6, 0, tzinfo=UTC)
 
@@ -165,13 +165,7 @@ def test_schedule_requests_resolve_against_the_definitions(
     defs = dg.Definitions(
         assets=[player_portraits],
         schedules=[schedule],
-        resources={
-            **resources,
-            "storage": storage_resource,
-            "gemini": offline_gemini,
-            "likeness": LikenessResource(),
-            "image_io_manager": PortraitIOManager(storage=storage_resource),
-        },
+        resources={**resources_for(database, storage_resource, offline_gemini), "settings": settings},
     )
     context = dg.build_schedule_context(
         instance=instance, scheduled_execution_time=TICK, resources=resources, repository_def=defs.get_repository_def()

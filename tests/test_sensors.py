@@ -13,10 +13,10 @@ from portrait_pipeline.assets import player_portraits
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.partitions import draft_years
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, PortraitSettings
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
 from portrait_pipeline.sensors import new_prospects_sensor
+from tests.helpers import resources_for
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TAGS = {"portrait/launched_by": "new_prospects_sensor"}
@@ -273,13 +273,7 @@ def test_sensor_requests_resolve_against_the_definitions(
     defs = dg.Definitions(
         assets=[player_portraits],
         sensors=[new_prospects_sensor],
-        resources={
-            **resources,
-            "storage": storage_resource,
-            "gemini": offline_gemini,
-            "likeness": LikenessResource(),
-            "image_io_manager": PortraitIOManager(storage=storage_resource),
-        },
+        resources={**resources_for(database, storage_resource, offline_gemini), "settings": settings},
     )
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(
