@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageStat, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageStat, PngImagePlugin, UnidentifiedImageError
 
 from portrait_pipeline.errors import GenerationFailed
 
@@ -92,8 +92,6 @@ def contact_sheet(
 
     Each tile's bytes are loaded only when it is drawn, so a large partition never sits in memory at once.
     """
-    from PIL import ImageDraw, ImageFont
-
     # Big partitions get smaller tiles, so the sheet (and its memory) stays bounded at about 8 megapixels.
     scale = min(1.0, (MAX_SHEET_PIXELS / (max(1, len(tiles)) * tile_size[0] * tile_size[1] * 1.1)) ** 0.5)
     tile_w, tile_h = max(24, int(tile_size[0] * scale)), max(30, int(tile_size[1] * scale))

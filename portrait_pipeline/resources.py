@@ -23,7 +23,7 @@ from portrait_pipeline.gemini import DEFAULT_VISION_MODEL, RENDERER_CHOICES, Gem
 from portrait_pipeline.image_generation import ImageGenerationService
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
-from portrait_pipeline.styles import STYLES, Style
+from portrait_pipeline.styles import STYLES, Style, parse_style
 
 DEFAULT_IMAGE_DIR = REPO_ROOT / ".portraits" / "images"
 DEFAULT_MAX_FAILURE_RATE = 0.10
@@ -158,8 +158,6 @@ class PortraitSettings(dg.ConfigurableResource):
     sensor_styles: list[str] = Field(default=["default"], description="PORTRAIT_SENSOR_STYLES, comma-separated")
 
     def automated_styles(self) -> list[Style]:
-        from portrait_pipeline.styles import parse_style
-
         return [parse_style(style) for style in self.sensor_styles]
 
 

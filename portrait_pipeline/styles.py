@@ -2,14 +2,14 @@
 
 from typing import Literal, get_args
 
+from portrait_pipeline.errors import InvalidInput
+
 Style = Literal["default", "vector", "comic", "retro"]
 STYLES: tuple[Style, ...] = get_args(Style)
 
 
 def parse_style(value: str) -> Style:
     """Return `value` as a Style, or raise with the choices a person can pick from."""
-    from portrait_pipeline.errors import InvalidInput
-
     for style in STYLES:
         if value == style:
             return style
