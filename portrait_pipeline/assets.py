@@ -160,11 +160,11 @@ def player_portraits(
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
     engine = database.check()
     image_storage = storage.get_storage()
-    renderer = gemini.renderer()
-    request = partition_request(context, config, renderer.model)
+    model = gemini.model
+    request = partition_request(context, config, model)
     if config.dry_run:
         with database.session() as db:
-            plan = plan_partition(db, image_storage, request, renderer.model)
+            plan = plan_partition(db, image_storage, request, model)
         context.log.info(f"dry run: {len(plan.to_generate)} to generate, {len(plan.skipped)} skipped")
         yield dg.AssetObservation(
             asset_key=context.asset_key,
