@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import partial
@@ -181,26 +182,23 @@ def player_portraits(
         return
 
     image_storage.check_ready()
-
-    def log_outcome(outcome: PlayerOutcome) -> None:
-        if outcome.status == "failed":
-            context.log.warning(f"{outcome.display_name}: failed: {outcome.reason}")
-        else:
-            context.log.info(f"{outcome.display_name}: stored {outcome.key} in {outcome.seconds:.2f}s")
-
     if not gemini.uses_gemini:
         context.log.info(
             "No GEMINI_API_KEY: the offline renderer draws placeholder posters (model offline-renderer, $0)"
         )
     if request.fetch_likeness and not gemini.uses_gemini:
         context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
-    service = generation_service(storage, gemini, likeness)
+    with database.session() as db:
+        sheet = images.ContactSheet(capacity=len(players_in_draft_year(db, request.draft_year_key)))
+    service = generation_service(storage, gemini, likeness, sheet)
     limits = BatchLimits(
         max_concurrency=gemini.max_concurrency,
         max_consecutive_failures=config.max_consecutive_failures,
         max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
     )
-    result = run_partition(engine, service, request, limits, on_outcome=log_outcome)
+    progress = ProgressLog(context.log)
+    result = run_partition(engine, service, request, limits, on_outcome=progress)
+    progress.finish()
     if result.tripped:
         raise dg.Failure(
             description=f"{result.stopped}; {len(result.failed)} failed", metadata=summary_metadata(result)
@@ -210,7 +208,40 @@ def player_portraits(
             description=f"every player failed ({len(result.failed)}): {result.failed[0].reason}",
             metadata=summary_metadata(result),
         )
-    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result, storage)})
+    preview = preview_metadata(result, storage, sheet)
+    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview})
+
+
+class ProgressLog:
+    """A warning per failed player and a progress line every few seconds, not a line per image.
+
+    Each Dagster log line is an event written to the instance (about 10 ms of the engine's event loop), and
+    the per-player detail is in the materialization's `players` table anyway.
+    """
+
+    def __init__(self, log: dg.DagsterLogManager, every_s: float = 5.0) -> None:
+        self.log = log
+        self.every_s = every_s
+        self.started = self.logged = time.monotonic()
+        self.stored = self.failed = 0
+
+    def __call__(self, outcome: PlayerOutcome) -> None:
+        if outcome.status == "failed":
+            self.failed += 1
+            self.log.warning(f"{outcome.display_name}: failed: {outcome.reason}")
+        elif outcome.status == "succeeded":
+            self.stored += 1
+        if time.monotonic() - self.logged >= self.every_s:
+            self._line("so far")
+
+    def finish(self) -> None:
+        self._line("in all")
+
+    def _line(self, when: str) -> None:
+        self.logged = time.monotonic()
+        elapsed = self.logged - self.started
+        rate = self.stored / elapsed if elapsed else 0.0
+        self.log.info(f"{self.stored} stored, {self.failed} failed {when} ({elapsed:.1f} s, {rate:.1f} images/s)")
 
 
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
@@ -244,18 +275,21 @@ def contact_sheet_key(draft_year_key: str, style: str) -> str:
     return f"contact-sheets/{style}/{draft_year_key}.png"
 
 
-def preview_metadata(result: PartitionResult, storage: ImageStorageResource) -> dict[str, Any]:
+def preview_metadata(
+    result: PartitionResult, storage: ImageStorageResource, sheet: images.ContactSheet
+) -> dict[str, Any]:
     """The partition's contact sheet, stored next to the images, linked full size and inlined small."""
     image_storage = storage.get_storage()
     if not result.portraits:
         return {"preview": dg.MetadataValue.md("_no images in this partition yet_")}
-    tiles = [(p.display_name, partial(image_storage.get, p.key)) for p in result.portraits]
-    sheet = images.contact_sheet(tiles)
+    composed = sheet.compose(
+        [images.Tile(p.display_name, p.sha256, partial(image_storage.get, p.key)) for p in result.portraits]
+    )
     request = result.plan.request
     stored = image_storage.put(
-        contact_sheet_key(request.draft_year_key, request.style), images.to_png(sheet, {}), immutable=False
+        contact_sheet_key(request.draft_year_key, request.style), images.to_png(composed, {}), immutable=False
     )
-    encoded = base64.b64encode(images.thumbnail_png(sheet, PREVIEW_WIDTH)).decode()
+    encoded = base64.b64encode(images.thumbnail_png(composed, PREVIEW_WIDTH)).decode()
     return {
         "storage": image_storage.location,
         "contact_sheet": dg.MetadataValue.url(stored.public_url),

@@ -72,10 +72,17 @@ LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]
 class ImageGenerationService:
     """The seed's service: generate one player's portrait, store it, and write its audit row."""
 
-    def __init__(self, renderer: Renderer, storage: ImageStorage, likeness: LikenessSource | None = None) -> None:
+    def __init__(
+        self,
+        renderer: Renderer,
+        storage: ImageStorage,
+        likeness: LikenessSource | None = None,
+        contact_sheet: images.ContactSheet | None = None,
+    ) -> None:
         self.renderer = renderer
         self.storage = storage
         self.likeness = likeness
+        self.contact_sheet = contact_sheet
 
     async def generate_for_player(
         self,
@@ -86,15 +93,20 @@ class ImageGenerationService:
         fetch_likeness: bool = False,
         image_size: ImageSize = "1K",
         likeness_url: str | None = None,
+        on_answer: Callable[[], Awaitable[None]] | None = None,
     ) -> PlayerImageAsset:
-        """Durable per player: the image is in storage before its row commits; failures become rows too."""
+        """Durable per player: the image is in storage before its row commits; failures become rows too.
+
+        `on_answer` is awaited once the model has answered, before the image is processed and stored: a batch
+        hands the call's slot to the next player there, so storing never holds up the API.
+        """
         attempt = _Attempt(
             started=time.monotonic(),
             prompt=user_prompt(player.display_name, player.position, player.school, None),
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
         try:
-            png, stored = await self._make_image(db, player, style, image_size, attempt)
+            png, stored = await self._make_image(db, player, style, image_size, attempt, on_answer)
         except PortraitPipelineError as exc:
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
         width, height = TARGET_DIMENSIONS[image_size]
@@ -108,7 +120,13 @@ class ImageGenerationService:
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
 
     async def _make_image(
-        self, db: Session, player: Player, style: Style, image_size: ImageSize, attempt: _Attempt
+        self,
+        db: Session,
+        player: Player,
+        style: Style,
+        image_size: ImageSize,
+        attempt: _Attempt,
+        on_answer: Callable[[], Awaitable[None]] | None,
     ) -> tuple[bytes, StoredObject]:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
@@ -132,12 +150,23 @@ class ImageGenerationService:
         }
         attempt.rendered = rendered  # paid for from here on, whatever happens next
         attempt.cost = price(self.renderer.model, image_size).usd_per_image
+        if on_answer is not None:
+            await on_answer()
         # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
-        png = await asyncio.to_thread(images.normalize, rendered.data, TARGET_DIMENSIONS[image_size], provenance)
-        history_key = naming.history_key(player.id, player.slug, style, sha256_hex(png))
+        png, digest = await asyncio.to_thread(self._finish, rendered.data, TARGET_DIMENSIONS[image_size], provenance)
+        history_key = naming.history_key(player.id, player.slug, style, digest)
         # The history object is stored before the row: no row ever claims an image storage does not have.
         stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
         return png, stored
+
+    def _finish(self, data: bytes, target: tuple[int, int], provenance: dict[str, str]) -> tuple[bytes, str]:
+        """The answer as a 4:5 PNG with its SHA-256; its thumbnail goes to the contact sheet while still decoded."""
+        image = images.fit(data, target)
+        png = images.to_png(image, provenance)
+        digest = sha256_hex(png)
+        if self.contact_sheet is not None:
+            self.contact_sheet.keep(digest, image)
+        return png, digest
 
     def _record(
         self, attempt: _Attempt, *, width: int | None = None, height: int | None = None
@@ -261,18 +290,30 @@ async def generate_batch(
 ) -> BatchResult:
     """Generate for many players at once, each durable on its own; stop starting calls when a limit says so.
 
-    Calls are started lazily, so at most `max_concurrency` images are in memory, whatever the batch size.
+    Two stages, each at most `max_concurrency` players: calls (prompt to answer) and storing (normalize, store,
+    commit). An answered player moves to the second stage as soon as it has room, which frees its call slot for
+    the next player; so the API stays busy while images are stored, and at most twice `max_concurrency` images
+    are in memory, whatever the batch size (players are started lazily).
     """
-    gate = asyncio.Semaphore(limits.max_concurrency)
+    calls = asyncio.Semaphore(limits.max_concurrency)
+    storing = asyncio.Semaphore(limits.max_concurrency)
     breaker = _Breaker(limits, price(service.renderer.model, job.image_size).usd_per_image)
     outcomes: list[PlayerOutcome] = []
     tasks: list[asyncio.Task[None]] = []
 
     async def one(player_id: int) -> None:
+        answered = False
+
+        async def on_answer() -> None:
+            nonlocal answered
+            await storing.acquire()  # back-pressure: no room to store, no new call
+            answered = True
+            calls.release()
+
         try:
-            outcome = await _generate_one(engine, service, job, player_id)
+            outcome = await _generate_one(engine, service, job, player_id, on_answer)
         finally:
-            gate.release()
+            (storing if answered else calls).release()
         breaker.finished(outcome)
         outcomes.append(outcome)
         if on_outcome is not None:
@@ -280,9 +321,9 @@ async def generate_batch(
 
     pending = list(player_ids)
     while pending:
-        await gate.acquire()
+        await calls.acquire()
         if not breaker.may_start():
-            gate.release()
+            calls.release()
             break
         breaker.started()
         tasks.append(asyncio.create_task(one(pending.pop(0))))
@@ -293,7 +334,11 @@ async def generate_batch(
 
 
 async def _generate_one(
-    engine: Engine, service: ImageGenerationService, job: BatchJob, player_id: int
+    engine: Engine,
+    service: ImageGenerationService,
+    job: BatchJob,
+    player_id: int,
+    on_answer: Callable[[], Awaitable[None]],
 ) -> PlayerOutcome:
     try:
         with session_scope(engine) as db:
@@ -309,6 +354,7 @@ async def _generate_one(
                 fetch_likeness=job.fetch_likeness,
                 image_size=job.image_size,
                 likeness_url=job.likeness_url,
+                on_answer=on_answer,
             )
             return outcome_of(asset, player)
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player

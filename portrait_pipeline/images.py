@@ -53,13 +53,13 @@ def inspect(data: bytes) -> ImageInfo:
     return ImageInfo(width=image.width, height=image.height, format=image.format or "?", stddev=stddev)
 
 
-def normalize(data: bytes, target: tuple[int, int], provenance: dict[str, str]) -> bytes:
-    """Center-crop to the target's aspect ratio, resize to it, and save PNG with provenance text chunks."""
+def fit(data: bytes, target: tuple[int, int]) -> Image.Image:
+    """Decode a model's answer, center-crop it to the target's aspect ratio and resize it to the target."""
     image = decode(data, "model output").convert("RGB")
     if image.size != target:
         # One resampling pass over the centered crop box: no intermediate cropped copy.
         image = image.resize(target, Image.Resampling.BICUBIC, box=center_box(image.size, target))
-    return to_png(image, provenance)
+    return image
 
 
 def center_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -93,36 +93,58 @@ def png_text(data: bytes) -> dict[str, str]:
     return dict(getattr(image, "text", {}))
 
 
-def contact_sheet(
-    tiles: Sequence[tuple[str, Callable[[], bytes]]], tile_size: tuple[int, int] = (160, 200), columns: int = 6
-) -> Image.Image:
+@dataclass(frozen=True)
+class Tile:
+    """One portrait of a contact sheet: its label, its content hash, and how to load it if it was not kept."""
+
+    name: str
+    sha256: str
+    load: Callable[[], bytes]
+
+
+class ContactSheet:
     """One grid of portraits with their names underneath, for review at a glance.
 
-    Each tile's bytes are loaded only when it is drawn, so a large partition never sits in memory at once.
+    Tiles are sized up front for at most `capacity` portraits, so the sheet stays bounded at about 8 megapixels
+    however big the partition. The engine hands over each image it makes while it is still decoded (`keep`):
+    composing then decodes only the images of earlier runs, a few at a time, instead of every image again.
     """
-    # Big partitions get smaller tiles, so the sheet (and its memory) stays bounded at about 8 megapixels.
-    scale = min(1.0, (MAX_SHEET_PIXELS / (max(1, len(tiles)) * tile_size[0] * tile_size[1] * 1.1)) ** 0.5)
-    tile_w, tile_h = max(24, int(tile_size[0] * scale)), max(30, int(tile_size[1] * scale))
-    label_h = max(14, tile_h // 10)
-    rows = max(1, -(-len(tiles) // columns))
-    columns = max(1, min(columns, len(tiles)))
-    sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + label_h)), "#f4f6fa")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=max(10, label_h - 4))
 
-    def thumbnail(tile: tuple[str, Callable[[], bytes]]) -> Image.Image:
-        return decode(tile[1]()).convert("RGB").resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+    def __init__(self, capacity: int, tile_size: tuple[int, int] = (160, 200), columns: int = 6) -> None:
+        scale = min(1.0, (MAX_SHEET_PIXELS / (max(1, capacity) * tile_size[0] * tile_size[1] * 1.1)) ** 0.5)
+        self.tile_size = (max(24, int(tile_size[0] * scale)), max(30, int(tile_size[1] * scale)))
+        self.columns = columns
+        self._kept: dict[str, Image.Image] = {}
 
-    # Pillow decodes outside the GIL: a few threads read and shrink the tiles side by side.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        thumbs = pool.map(thumbnail, tiles)
-        for index, ((name, _), thumb) in enumerate(zip(tiles, thumbs, strict=True)):
-            x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
-            sheet.paste(thumb, (x, y))
-            # Pillow's built-in font has no accented letters: label "Tomás Ibáñez" as "Tomas Ibanez".
-            label = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-            draw.text((x + 4, y + tile_h + 1), label[:28], fill="#1f2a37", font=font)
-    return sheet
+    def keep(self, sha256: str, image: Image.Image) -> None:
+        """Remember a thumbnail of an image just made (called from worker threads)."""
+        self._kept[sha256] = self._thumbnail(image)
+
+    def compose(self, tiles: Sequence[Tile]) -> Image.Image:
+        tile_w, tile_h = self.tile_size
+        label_h = max(14, tile_h // 10)
+        rows = max(1, -(-len(tiles) // self.columns))
+        columns = max(1, min(self.columns, len(tiles)))
+        sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + label_h)), "#f4f6fa")
+        draw = ImageDraw.Draw(sheet)
+        font = ImageFont.load_default(size=max(10, label_h - 4))
+
+        def thumbnail(tile: Tile) -> Image.Image:
+            kept = self._kept.get(tile.sha256)
+            return kept if kept is not None else self._thumbnail(decode(tile.load()))
+
+        # Pillow decodes outside the GIL: a few threads read and shrink the tiles that were not kept.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for index, (tile, thumb) in enumerate(zip(tiles, pool.map(thumbnail, tiles), strict=True)):
+                x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
+                sheet.paste(thumb, (x, y))
+                # Pillow's built-in font has no accented letters: label "Tomás Ibáñez" as "Tomas Ibanez".
+                label = unicodedata.normalize("NFKD", tile.name).encode("ascii", "ignore").decode("ascii")
+                draw.text((x + 4, y + tile_h + 1), label[:28], fill="#1f2a37", font=font)
+        return sheet
+
+    def _thumbnail(self, image: Image.Image) -> Image.Image:
+        return image.convert("RGB").resize(self.tile_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def thumbnail_png(image: Image.Image, max_width: int) -> bytes:

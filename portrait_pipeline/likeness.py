@@ -354,12 +354,14 @@ class LikenessService:
 
         Returns the likeness and whether the vision model was called.
         """
+        _release(db)
         reference = await asyncio.to_thread(fetch_reference, url, self.policy)
         stored = _stored(db, player.id, reference.sha256)
         if stored is not None:
             return _likeness(stored, url), False
         if self.describer is None:
             raise GenerationFailed("no vision model to describe the reference offline: set GEMINI_API_KEY")
+        _release(db)
         description = await self.describer.describe(reference.data, reference.mime_type)
         row = PlayerLikeness(
             player_id=player.id,
@@ -389,6 +391,12 @@ class LikenessService:
             return _likeness(stored, url)
         likeness, _ = await self.describe(db, player, url)
         return likeness
+
+
+def _release(db: Session) -> None:
+    """End the session's transaction before a fetch or a model call: its pooled connection is not held while
+    many players wait at once (a batch has more calls in flight than the pool has connections)."""
+    db.commit()
 
 
 def _stored(db: Session, player_id: int, sha256: str) -> PlayerLikeness | None:

@@ -21,6 +21,7 @@ from portrait_pipeline.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated
 from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.gemini import DEFAULT_VISION_MODEL, RENDERER_CHOICES, GeminiResource, RendererChoice
 from portrait_pipeline.image_generation import ImageGenerationService
+from portrait_pipeline.images import ContactSheet
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
 from portrait_pipeline.styles import STYLES, Style, parse_style
@@ -250,9 +251,12 @@ def _env_list(name: str) -> list[str]:
 
 
 def generation_service(
-    storage: ImageStorageResource, gemini: GeminiResource, likeness: LikenessResource
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    likeness: LikenessResource,
+    contact_sheet: ContactSheet | None = None,
 ) -> ImageGenerationService:
     """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
     describer = gemini.describer()
     source = LikenessService(describer, likeness.policy()).for_generation if describer else None
-    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source)
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, contact_sheet)

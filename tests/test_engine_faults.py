@@ -23,17 +23,23 @@ import dagster as dg
 import pytest
 from sqlalchemy import func, select
 
+from portrait_pipeline import naming
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.gemini import GeminiRenderer, GeminiResource
+from portrait_pipeline.image_generation import BatchLimits, ImageGenerationService
+from portrait_pipeline.portraits import PartitionRequest, run_partition
+from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.storage import LocalImageStorage, StoredObject
+from portrait_pipeline.styles import Style
 from tests.helpers import materialize_portraits, resources_for
 from tests.servers import gemini as fake
+from tests.servers.files import FileServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "fault-injection-key"
 IMAGE_MODEL = "gemini-3-pro-image-preview"  # the default model: $0.134 an image
 DRAFT_YEAR = "2030"
-STYLE = "default"
+STYLE: Style = "default"
 # A small 4:5 answer and 512 portraits keep Pillow's share of each test to milliseconds.
 SERVER_IMAGE = (320, 400)
 _PLAYER_IN_PROMPT = re.compile(r"Portrait of a basketball player: (Fault Tester [0-9]{3})\.")
@@ -191,6 +197,41 @@ def test_calls_in_flight_never_exceed_max_concurrency(
     assert len(current_images(database)) == len(players)
 
 
+class SlowDisk(LocalImageStorage):
+    """A real folder on a disk that takes `delay_s` per write; records when each write finished."""
+
+    def __init__(self, root: Path, delay_s: float) -> None:
+        super().__init__(root)
+        self.delay_s = delay_s
+        self.written: dict[str, float] = {}
+
+    def put(self, key: str, data: bytes, *, immutable: bool, content_type: str = "image/png") -> StoredObject:
+        time.sleep(self.delay_s)
+        stored = super().put(key, data, immutable=immutable, content_type=content_type)
+        self.written[key] = time.monotonic()
+        return stored
+
+
+def test_storing_an_image_frees_its_call_for_the_next_player_with_back_pressure(
+    database: DatabaseResource, image_dir: Path, start_server: StartServer
+) -> None:
+    """max_concurrency=1 on a slow disk: the next call goes out while the last image is being written, but a
+    third waits until the first image is stored (one image in the call, one in storage)."""
+    server = start_server()
+    players = add_players(database, 4)
+    disk = SlowDisk(image_dir, delay_s=0.3)
+    service = ImageGenerationService(GeminiRenderer(gemini_for(server, max_concurrency=1)), disk)
+    request = PartitionRequest(DRAFT_YEAR, STYLE, image_size="512")
+    result = run_partition(database.check(), service, request, BatchLimits(max_concurrency=1))
+    assert [outcome.status for outcome in result.outcomes] == ["succeeded"] * len(players)
+    calls = sorted(image_calls(server), key=lambda call: call.started)
+    assert len(calls) == len(players) and server.peak_in_flight == 1
+    first_alias = naming.current_key(players[0], "fault-tester-001", STYLE)
+    first_history = next(key for key in disk.written if key.startswith(f"portraits/{STYLE}/{players[0]}_"))
+    assert calls[1].started < disk.written[first_history]  # the second call did not wait for the first write
+    assert calls[2].started > disk.written[first_alias]  # the third waited until the first image was stored
+
+
 def test_more_calls_in_flight_than_pooled_db_connections_neither_stall_nor_fail(
     database: DatabaseResource, storage_resource: ImageStorageResource, start_server: StartServer
 ) -> None:
@@ -204,6 +245,33 @@ def test_more_calls_in_flight_than_pooled_db_connections_neither_stall_nor_fail(
     assert server.peak_in_flight == 24
     assert current_images(database) == dict.fromkeys(players, 1)
     assert elapsed < 15  # a connection wait in the event loop would stall it for the pool timeout (30 s)
+
+
+def test_likeness_fetches_and_descriptions_in_flight_do_not_hold_db_connections(
+    database: DatabaseResource, storage_resource: ImageStorageResource, start_server: StartServer
+) -> None:
+    """26 players with their own reference photos, 24 at once: each fetch and vision call must not hold one of
+    the pool's 15 (SQLite) or 20 (PostgreSQL) connections while it waits."""
+    server = start_server(latency_s=0.5)
+    players = add_players(database, 26)
+    photos = {f"/ref/{player}.png": ("image/png", fake.make_png((64 + player, 80))) for player in players}
+    with FileServer(photos) as references:
+        with database.session() as db:
+            for player in players:
+                db.get_one(Player, player).reference_image_url = references.url(f"/ref/{player}.png")
+        resources = resources_for(
+            database,
+            storage_resource,
+            gemini_for(server, max_concurrency=24),
+            LikenessResource(allow_hosts=references.host_port),
+        )
+        started = time.monotonic()
+        result = materialize_portraits(resources, (DRAFT_YEAR, STYLE), {"image_size": "512", "fetch_likeness": True})
+        elapsed = time.monotonic() - started
+    assert result.success and summary(result)["failed"] == 0
+    assert len([request for request in server.requests if request.model != IMAGE_MODEL]) == len(players)
+    assert current_images(database) == dict.fromkeys(players, 1)
+    assert elapsed < 15  # a connection wait would stall the run for the pool timeout (30 s)
 
 
 def test_requests_per_minute_spreads_the_calls(
@@ -244,18 +312,21 @@ def test_a_hung_call_times_out_and_is_retried_without_holding_up_the_others(
 
 
 @contextmanager
-def players_folder_becomes_a_file(image_dir: Path, server: fake.GeminiTestServer, during_call: int) -> Iterator[None]:
+def players_folder_becomes_a_file(
+    database: DatabaseResource, image_dir: Path, server: fake.GeminiTestServer, during_call: int
+) -> Iterator[None]:
     """A real storage fault: while image call number `during_call` is at Gemini, `players/` becomes a regular file.
 
     Writing that player's serving alias (`players/<id>_<slug>_<style>.png`), and every later one, then fails
-    with an OSError. With max_concurrency=1 the calls before it are committed by then.
+    with an OSError. The fault waits until the players before it are committed: with max_concurrency=1 they are
+    stored while that call is out (the slow fourth call leaves them a second).
     """
     stop = threading.Event()
     folder = image_dir / "players"
 
     def watch() -> None:
         while not stop.wait(0.002):
-            if len(image_calls(server)) >= during_call:
+            if len(image_calls(server)) >= during_call and committed_images(database) >= during_call - 1:
                 folder.rename(image_dir / "players-before-the-fault")
                 folder.write_bytes(b"a file where the folder was")
                 return
@@ -280,7 +351,7 @@ def test_storage_failing_mid_run_fails_those_players_with_the_reason_and_keeps_t
     server = start_server()
     players = add_players(database, 6)
     slow_fourth_call(server)
-    with players_folder_becomes_a_file(image_dir, server, during_call=4):
+    with players_folder_becomes_a_file(database, image_dir, server, during_call=4):
         result = run(database, storage_resource, gemini_for(server, max_concurrency=1))
     assert result.success  # some players got an image: a partial run, not a failed one
     assets = assets_of(database)
@@ -303,18 +374,21 @@ def test_storage_failures_in_a_row_trip_the_breaker_and_no_later_call_starts(
     server = start_server()
     players = add_players(database, 10)
     slow_fourth_call(server)
-    with players_folder_becomes_a_file(image_dir, server, during_call=4):
+    with players_folder_becomes_a_file(database, image_dir, server, during_call=4):
         result = run(database, storage_resource, gemini_for(server, max_concurrency=1), {"max_consecutive_failures": 2})
     assert not result.success
     failure = result.failure_data_for_node("player_portraits")
     assert failure is not None and failure.user_failure_data is not None
     metadata = {key: value.value for key, value in failure.user_failure_data.metadata.items()}
     assert metadata["stopped"] == "circuit breaker: 2 consecutive failures, no new calls started"
-    assert (metadata["generated"], metadata["failed"], metadata["not_started"]) == (3, 2, 5)
+    # Player 6's call started after the first failure (one in a row) and was at Gemini when the second one
+    # tripped the breaker: it is answered and recorded. Storing one image at a time (max_concurrency=1) holds
+    # every later call back until the failure before it is known, so nothing else starts.
+    assert (metadata["generated"], metadata["failed"], metadata["not_started"]) == (3, 3, 4)
     assert "circuit breaker" in (failure.user_failure_data.description or "")
     recorded = {asset.player_id: asset.status for asset in assets_of(database)}
-    assert recorded == {**dict.fromkeys(players[:3], "succeeded"), **dict.fromkeys(players[3:5], "failed")}
-    assert len(image_calls(server)) == 5  # the players after the trip were never sent
+    assert recorded == {**dict.fromkeys(players[:3], "succeeded"), **dict.fromkeys(players[3:6], "failed")}
+    assert len(image_calls(server)) == 6  # the players after the trip were never sent
     with database.session() as db:
         assert db.scalars(select(PlayerImageSnapshot.status)).one() == "failed"
 
@@ -366,14 +440,15 @@ def test_a_killed_run_resumed_with_missing_only_pays_again_only_for_the_calls_it
     committed_before = committed_images(database)
     paid_before = paid_calls(server)
     wasted = paid_before - committed_before  # images Google made that the killed run never recorded
-    assert committed_before >= 4 and 0 < wasted <= concurrency
+    # In flight at the kill: the calls at Gemini (<= concurrency) and answered images being stored (<= concurrency).
+    assert committed_before >= 4 and 0 < wasted <= 2 * concurrency
 
     result = run(database, storage_resource, gemini_for(server, max_concurrency=concurrency), {"missing_only": True})
     assert result.success
     figures = summary(result)
     assert (figures["skipped"], figures["generated"]) == (committed_before, len(players) - committed_before)
     assert current_images(database) == dict.fromkeys(players, 1)
-    # The invariant: every player is paid for once, plus only the calls the kill left in flight (<= concurrency).
+    # The invariant: every player is paid for once, plus only the calls the kill left in flight.
     assert paid_calls(server) == len(players) + wasted
     storage = storage_resource.get_storage()
     with database.session() as db:
