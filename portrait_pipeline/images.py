@@ -121,6 +121,7 @@ class ContactSheet:
         self._kept[sha256] = self._thumbnail(image)
 
     def compose(self, tiles: Sequence[Tile]) -> Image.Image:
+        """The sheet of these tiles, in order; kept thumbnails are used up (compose once)."""
         tile_w, tile_h = self.tile_size
         label_h = max(14, tile_h // 10)
         rows = max(1, -(-len(tiles) // self.columns))
@@ -130,7 +131,7 @@ class ContactSheet:
         font = ImageFont.load_default(size=max(10, label_h - 4))
 
         def thumbnail(tile: Tile) -> Image.Image:
-            kept = self._kept.get(tile.sha256)
+            kept = self._kept.pop(tile.sha256, None)  # pasted once: let it go
             return kept if kept is not None else self._thumbnail(decode(tile.load()))
 
         # Pillow decodes outside the GIL: a few threads read and shrink the tiles that were not kept.
