@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import images
+from portrait_pipeline import audit, images
 from portrait_pipeline.cohorts import players_in_draft_year
 from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.db.models import Player
@@ -182,6 +182,13 @@ def player_portraits(
         return
 
     image_storage.check_ready()
+    with database.session() as db:
+        interrupted = audit.close_interrupted_snapshots(db, request.partition_key, partial(run_has_ended, context))
+    for snapshot in interrupted:
+        context.log.warning(
+            f"snapshot {snapshot.run_key} v{snapshot.version} was left running by run {snapshot.dagster_run_id}, "
+            f"which has ended: marked interrupted ({snapshot.success_count} images committed)"
+        )
     if not gemini.uses_gemini:
         context.log.info(
             "No GEMINI_API_KEY: the offline renderer draws placeholder posters (model offline-renderer, $0)"
@@ -210,6 +217,12 @@ def player_portraits(
         )
     preview = preview_metadata(result, storage, sheet)
     yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview})
+
+
+def run_has_ended(context: dg.AssetExecutionContext, run_id: str) -> bool:
+    """Whether this instance knows the run as finished (succeeded, failed or canceled); unknown runs are not."""
+    run = context.instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
 
 
 class ProgressLog:

@@ -153,18 +153,8 @@ def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str)
     A run in which every attempt failed never displaces the last good snapshot.
     """
     snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
-    counts = dict(
-        db.execute(
-            select(PlayerImageAsset.status, func.count())
-            .where(PlayerImageAsset.snapshot_id == snapshot_id)
-            .group_by(PlayerImageAsset.status)
-        ).all()
-    )
-    snapshot.success_count = counts.get("succeeded", 0)
-    snapshot.failure_count = counts.get("failed", 0)
+    _close(db, snapshot, status)
     snapshot.skipped_count = skipped
-    snapshot.status = status
-    snapshot.finished_at = utcnow()
     if snapshot.success_count or not snapshot.failure_count:
         db.execute(
             update(PlayerImageSnapshot)
@@ -180,6 +170,44 @@ def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str)
         snapshot.is_current = True
     db.commit()
     return snapshot
+
+
+def close_interrupted_snapshots(
+    db: Session, partition_key: str, run_has_ended: Callable[[str], bool]
+) -> list[PlayerImageSnapshot]:
+    """Snapshots of this partition still `running` although their Dagster run has ended: mark them `interrupted`.
+
+    A run killed outright (SIGKILL, OOM, a lost machine) never closes its snapshot; once Dagster knows the run is
+    over (run monitoring, or a forced termination in the UI), the next run of the partition closes it with the
+    counts of what it did commit. Such a snapshot never becomes current.
+    """
+    running = db.scalars(
+        select(PlayerImageSnapshot).where(
+            PlayerImageSnapshot.status == "running",
+            PlayerImageSnapshot.partition_key == partition_key,
+            PlayerImageSnapshot.dagster_run_id.is_not(None),
+        )
+    ).all()
+    closed = [snapshot for snapshot in running if run_has_ended(snapshot.dagster_run_id or "")]
+    for snapshot in closed:
+        _close(db, snapshot, "interrupted")
+    db.commit()
+    return closed
+
+
+def _close(db: Session, snapshot: PlayerImageSnapshot, status: str) -> None:
+    """Count the snapshot's outcomes from its asset rows, set its status and finish time."""
+    counts = dict(
+        db.execute(
+            select(PlayerImageAsset.status, func.count())
+            .where(PlayerImageAsset.snapshot_id == snapshot.id)
+            .group_by(PlayerImageAsset.status)
+        ).all()
+    )
+    snapshot.success_count = counts.get("succeeded", 0)
+    snapshot.failure_count = counts.get("failed", 0)
+    snapshot.status = status
+    snapshot.finished_at = utcnow()
 
 
 def current_asset(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:

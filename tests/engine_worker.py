@@ -1,6 +1,7 @@
 """One `player_portraits` partition in its own process, for tests that kill a run half-way (SIGKILL).
 
-    python -m tests.engine_worker --database-url URL --image-dir DIR --base-url URL --draft-year 2030
+    python -m tests.engine_worker --database-url URL --image-dir DIR --base-url URL --draft-year 2030 \
+        --dagster-home DIR
 
 It uses the project's own resources against a GeminiTestServer that runs in the calling test's process.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+import dagster as dg  # noqa: E402
 
 from portrait_pipeline.gemini import GeminiResource  # noqa: E402
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource  # noqa: E402
@@ -31,6 +34,7 @@ def main() -> int:
     parser.add_argument("--style", default="default")
     parser.add_argument("--max-concurrency", type=int, default=3)
     parser.add_argument("--image-size", default="512")
+    parser.add_argument("--dagster-home", required=True, help="the Dagster instance's folder (runs, event log)")
     args = parser.parse_args()
     gemini = GeminiResource(
         api_key=API_KEY,
@@ -46,7 +50,9 @@ def main() -> int:
         ImageStorageResource(local=True, local_dir=args.image_dir),
         gemini,
     )
-    result = materialize_portraits(resources, (args.draft_year, args.style), {"image_size": args.image_size})
+    instance = dg.DagsterInstance.local_temp(args.dagster_home)
+    partition = (args.draft_year, args.style)
+    result = materialize_portraits(resources, partition, {"image_size": args.image_size}, instance)
     return 0 if result.success else 1
 
 

@@ -411,15 +411,22 @@ def test_budget_stops_starting_calls_before_the_next_image_would_pass_it(
 
 
 def test_a_killed_run_resumed_with_missing_only_pays_again_only_for_the_calls_it_had_in_flight(
-    database: DatabaseResource, image_dir: Path, storage_resource: ImageStorageResource, start_server: StartServer
+    database: DatabaseResource,
+    image_dir: Path,
+    storage_resource: ImageStorageResource,
+    start_server: StartServer,
+    tmp_path: Path,
 ) -> None:
     concurrency = 3
     server = start_server(latency_s=0.4)
     players = add_players(database, 12)
+    dagster_home = tmp_path / "dagster-home"
+    dagster_home.mkdir()
     command = [
         *(sys.executable, "-m", "tests.engine_worker"),
         *("--database-url", database.url, "--image-dir", str(image_dir), "--base-url", server.base_url),
         *("--draft-year", DRAFT_YEAR, "--style", STYLE, "--max-concurrency", str(concurrency)),
+        *("--dagster-home", str(dagster_home)),
     ]
     worker = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -443,8 +450,25 @@ def test_a_killed_run_resumed_with_missing_only_pays_again_only_for_the_calls_it
     # In flight at the kill: the calls at Gemini (<= concurrency) and answered images being stored (<= concurrency).
     assert committed_before >= 4 and 0 < wasted <= 2 * concurrency
 
-    result = run(database, storage_resource, gemini_for(server, max_concurrency=concurrency), {"missing_only": True})
+    with database.session() as db:
+        killed = db.scalars(select(PlayerImageSnapshot)).one()
+    assert (killed.status, killed.finished_at) == ("running", None)  # nobody closed it
+    # Dagster learns the run is over (run monitoring, or "terminate" in the UI); the next run closes its snapshot.
+    instance = dg.DagsterInstance.local_temp(str(dagster_home))
+    killed_run = instance.get_run_by_id(killed.dagster_run_id or "")
+    assert killed_run is not None and killed_run.status == dg.DagsterRunStatus.STARTED
+    instance.report_run_failed(killed_run)
+
+    resources = resources_for(database, storage_resource, gemini_for(server, max_concurrency=concurrency))
+    config = {"image_size": "512", "missing_only": True}
+    result = materialize_portraits(resources, (DRAFT_YEAR, STYLE), config, instance)
     assert result.success
+    with database.session() as db:
+        closed = db.get_one(PlayerImageSnapshot, killed.id)
+        assert (closed.status, closed.success_count, closed.is_current) == ("interrupted", committed_before, False)
+        assert closed.finished_at is not None
+        current = db.scalars(select(PlayerImageSnapshot).where(PlayerImageSnapshot.is_current.is_(True))).one()
+    assert current.version == 2
     figures = summary(result)
     assert (figures["skipped"], figures["generated"]) == (committed_before, len(players) - committed_before)
     assert current_images(database) == dict.fromkeys(players, 1)
