@@ -184,6 +184,7 @@ def player_portraits(
     image_storage.check_ready()
     with database.session() as db:
         interrupted = audit.close_interrupted_snapshots(db, request.partition_key, partial(run_has_ended, context))
+        sheet = images.ContactSheet(capacity=len(players_in_draft_year(db, request.draft_year_key)))
     for snapshot in interrupted:
         context.log.warning(
             f"snapshot {snapshot.run_key} v{snapshot.version} was left running by run {snapshot.dagster_run_id}, "
@@ -195,8 +196,6 @@ def player_portraits(
         )
     if request.fetch_likeness and not gemini.uses_gemini:
         context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
-    with database.session() as db:
-        sheet = images.ContactSheet(capacity=len(players_in_draft_year(db, request.draft_year_key)))
     service = generation_service(storage, gemini, likeness, sheet)
     limits = BatchLimits(
         max_concurrency=gemini.max_concurrency,

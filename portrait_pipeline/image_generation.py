@@ -290,8 +290,8 @@ async def generate_batch(
 ) -> BatchResult:
     """Generate for many players at once, each durable on its own; stop starting calls when a limit says so.
 
-    Two stages, each at most `max_concurrency` players: calls (prompt to answer) and storing (normalize, store,
-    commit). An answered player moves to the second stage as soon as it has room, which frees its call slot for
+    Two stages, each at most `max_concurrency` players: calls (prompt to answer) and storing (fit and encode,
+    store, commit). An answered player moves to the second stage as soon as it has room, which frees its call slot for
     the next player; so the API stays busy while images are stored, and at most twice `max_concurrency` images
     are in memory, whatever the batch size (players are started lazily).
     """
