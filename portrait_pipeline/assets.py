@@ -205,9 +205,10 @@ def player_portraits(
     progress = ProgressLog(context.log)
     result = run_partition(engine, service, request, limits, on_outcome=progress)
     progress.finish()
-    if result.tripped:
+    problems = [problem for problem in (result.stopped if result.tripped else None, result.closing_error) if problem]
+    if problems:
         raise dg.Failure(
-            description=f"{result.stopped}; {len(result.failed)} failed", metadata=summary_metadata(result)
+            description=f"{'; '.join(problems)}; {len(result.failed)} failed", metadata=summary_metadata(result)
         )
     if result.failed and not result.generated:
         raise dg.Failure(

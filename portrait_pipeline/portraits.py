@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import audit, naming
@@ -98,6 +99,7 @@ class PartitionResult:
     wall_time_s: float
     portraits: list[Portrait] = field(default_factory=list)
     stopped: str | None = None
+    closing_error: str | None = None  # the database failed while the snapshot was being closed
 
     @property
     def tripped(self) -> bool:
@@ -185,9 +187,16 @@ def run_partition(
     job = BatchJob(snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url)
     player_ids = [player.id for player in plan.to_generate]
     batch = asyncio.run(generate_batch(engine, service, job, player_ids, limits, on_outcome))
-    with session_scope(engine) as db:
-        audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
-        portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
+    portraits: list[Portrait] = []
+    closing_error = None
+    try:
+        with session_scope(engine) as db:
+            audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
+            portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
+    except SQLAlchemyError as exc:
+        # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
+        reason = str(exc).splitlines()[0]
+        closing_error = f"the database failed while closing snapshot {snapshot_id}: {exc.__class__.__name__}: {reason}"
     return PartitionResult(
         plan=plan,
         snapshot_id=snapshot_id,
@@ -197,6 +206,7 @@ def run_partition(
         wall_time_s=time.monotonic() - started,
         portraits=portraits,
         stopped=batch.stopped,
+        closing_error=closing_error,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from portrait_pipeline import naming
 from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
@@ -391,6 +391,52 @@ def test_storage_failures_in_a_row_trip_the_breaker_and_no_later_call_starts(
     assert len(image_calls(server)) == 6  # the players after the trip were never sent
     with database.session() as db:
         assert db.scalars(select(PlayerImageSnapshot.status)).one() == "failed"
+
+
+@contextmanager
+def audit_table_vanishes_after(database: DatabaseResource, committed: int) -> Iterator[None]:
+    """A real database fault: once `committed` images are in, `player_image_assets` is renamed away (as when a
+    migration is rolled back under a running job), so every later write of the run fails; put back afterwards."""
+    stop = threading.Event()
+    gone = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.002):
+            if committed_images(database) >= committed:
+                with database.session() as db:
+                    db.execute(text("ALTER TABLE player_image_assets RENAME TO player_image_assets_gone"))
+                gone.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="database-fault", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        if gone.is_set():
+            with database.session() as db:
+                db.execute(text("ALTER TABLE player_image_assets_gone RENAME TO player_image_assets"))
+
+
+def test_a_database_fault_mid_run_fails_those_players_trips_the_breaker_and_the_run_says_so(
+    database: DatabaseResource, storage_resource: ImageStorageResource, start_server: StartServer
+) -> None:
+    server = start_server(latency_s=0.2)
+    add_players(database, 10)
+    with audit_table_vanishes_after(database, committed=3):
+        gemini = gemini_for(server, max_concurrency=1)
+        result = run(database, storage_resource, gemini, {"max_consecutive_failures": 2})
+    assert not result.success
+    failure = result.failure_data_for_node("player_portraits")
+    assert failure is not None and failure.user_failure_data is not None
+    metadata: dict[str, Any] = {key: value.value for key, value in failure.user_failure_data.metadata.items()}
+    assert metadata["stopped"] == "circuit breaker: 2 consecutive failures, no new calls started"
+    assert metadata["generated"] == 3 and metadata["failed"] >= 2 and metadata["not_started"] >= 1
+    assert "player_image_assets" in metadata["failures"]  # the database's own words, per player
+    assert len(image_calls(server)) == metadata["generated"] + metadata["failed"]  # nothing started after
+    assert committed_images(database) == 3
 
 
 def test_budget_stops_starting_calls_before_the_next_image_would_pass_it(
