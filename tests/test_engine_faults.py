@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,27 @@ def test_a_hung_call_times_out_and_is_retried_without_holding_up_the_others(
 
 
 @contextmanager
+def fault_when(ready: Callable[[], bool], inject: Callable[[], None]) -> Iterator[threading.Event]:
+    """Inject a real fault from a watcher thread the moment `ready()` holds; yields an event set once it has."""
+    stop, injected = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.002):
+            if ready():
+                inject()
+                injected.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="fault-injection", daemon=True)
+    watcher.start()
+    try:
+        yield injected
+    finally:
+        stop.set()
+        watcher.join()
+
+
+@contextmanager
 def players_folder_becomes_a_file(
     database: DatabaseResource, image_dir: Path, server: fake.GeminiTestServer, during_call: int
 ) -> Iterator[None]:
@@ -321,23 +343,17 @@ def players_folder_becomes_a_file(
     with an OSError. The fault waits until the players before it are committed: with max_concurrency=1 they are
     stored while that call is out (the slow fourth call leaves them a second).
     """
-    stop = threading.Event()
     folder = image_dir / "players"
 
-    def watch() -> None:
-        while not stop.wait(0.002):
-            if len(image_calls(server)) >= during_call and committed_images(database) >= during_call - 1:
-                folder.rename(image_dir / "players-before-the-fault")
-                folder.write_bytes(b"a file where the folder was")
-                return
+    def ready() -> bool:
+        return len(image_calls(server)) >= during_call and committed_images(database) >= during_call - 1
 
-    watcher = threading.Thread(target=watch, name="storage-fault", daemon=True)
-    watcher.start()
-    try:
+    def break_folder() -> None:
+        folder.rename(image_dir / "players-before-the-fault")
+        folder.write_bytes(b"a file where the folder was")
+
+    with fault_when(ready, break_folder):
         yield
-    finally:
-        stop.set()
-        watcher.join()
 
 
 def slow_fourth_call(server: fake.GeminiTestServer) -> None:
@@ -397,27 +413,20 @@ def test_storage_failures_in_a_row_trip_the_breaker_and_no_later_call_starts(
 def audit_table_vanishes_after(database: DatabaseResource, committed: int) -> Iterator[None]:
     """A real database fault: once `committed` images are in, `player_image_assets` is renamed away (as when a
     migration is rolled back under a running job), so every later write of the run fails; put back afterwards."""
-    stop = threading.Event()
+
+    def rename(old: str, new: str) -> None:
+        with database.session() as db:
+            db.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
     gone = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.002):
-            if committed_images(database) >= committed:
-                with database.session() as db:
-                    db.execute(text("ALTER TABLE player_image_assets RENAME TO player_image_assets_gone"))
-                gone.set()
-                return
-
-    watcher = threading.Thread(target=watch, name="database-fault", daemon=True)
-    watcher.start()
     try:
-        yield
+        with fault_when(
+            lambda: committed_images(database) >= committed, partial(rename, "player_image_assets", "gone")
+        ) as gone:
+            yield
     finally:
-        stop.set()
-        watcher.join()
         if gone.is_set():
-            with database.session() as db:
-                db.execute(text("ALTER TABLE player_image_assets_gone RENAME TO player_image_assets"))
+            rename("gone", "player_image_assets")
 
 
 def test_a_database_fault_mid_run_fails_those_players_trips_the_breaker_and_the_run_says_so(
