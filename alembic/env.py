@@ -4,8 +4,8 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-from portrait_pipeline.db import DEFAULT_DATABASE_URL, VERSION_TABLE, engine_for, normalize_url
-from portrait_pipeline.db.models import Base
+from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, VERSION_TABLE, engine_for, normalize_url
+from portrait_pipeline.audit.models import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("database_url"):

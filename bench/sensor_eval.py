@@ -25,10 +25,10 @@ import psycopg
 from sqlalchemy import insert, text, update
 from sqlalchemy.engine import make_url
 
-from portrait_pipeline import db
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
-from portrait_pipeline.resources import DatabaseResource, PortraitSettings
-from portrait_pipeline.sensors import new_prospects_sensor
+from portrait_pipeline.audit import db
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
+from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
+from portrait_pipeline.defs.sensors import new_prospects_sensor
 
 FIRST_DRAFT_YEAR = 2006
 

@@ -71,8 +71,8 @@ def seed_players(url: str, count: int) -> None:
     """`count` fictional players, all in DRAFT_YEAR, with unique slugs."""
     from sqlalchemy import insert
 
-    from portrait_pipeline.db import engine_for, session_scope
-    from portrait_pipeline.db.models import Player
+    from portrait_pipeline.audit.db import engine_for, session_scope
+    from portrait_pipeline.audit.models import Player
 
     rows = []
     for index in range(1, count + 1):
@@ -136,8 +136,8 @@ def engine_finished_at(url: str) -> float:
     """When the engine closed the partition's snapshot (after the last player, before the asset's output)."""
     from sqlalchemy import func, select
 
-    from portrait_pipeline.db import engine_for, session_scope
-    from portrait_pipeline.db.models import PlayerImageSnapshot
+    from portrait_pipeline.audit.db import engine_for, session_scope
+    from portrait_pipeline.audit.models import PlayerImageSnapshot
 
     with session_scope(engine_for(url)) as session:
         finished = session.scalar(select(func.max(PlayerImageSnapshot.finished_at)))
@@ -152,9 +152,8 @@ def cpu_s() -> float:
 
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from portrait_pipeline import db
-    from portrait_pipeline.gemini import GeminiResource
-    from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+    from portrait_pipeline.audit import db
+    from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
     from tests.helpers import materialize_portraits, resources_for
 
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:

@@ -11,7 +11,7 @@ from typing import Literal
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
 from portrait_pipeline.errors import InvalidInput
 
 UNDRAFTED = "undrafted"

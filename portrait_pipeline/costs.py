@@ -12,6 +12,7 @@ ImageSize = Literal["512", "1K", "2K", "4K"]
 IMAGE_SIZES: tuple[ImageSize, ...] = get_args(ImageSize)
 OFFLINE_MODEL = "offline-renderer"
 DEFAULT_IMAGE_MODEL = "gemini-3-pro-image-preview"
+DEFAULT_VISION_MODEL = "gemini-2.5-flash"
 
 # Every size is 4:5; 1K is the seed's 800x1000.
 TARGET_DIMENSIONS: dict[ImageSize, tuple[int, int]] = {

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
-from portrait_pipeline.db.models import Player, PlayerLikeness
+from portrait_pipeline.audit.models import Player, PlayerLikeness
 from portrait_pipeline.errors import ConfigurationError, GenerationFailed, ReferenceImageRejected
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION
 from portrait_pipeline.storage import sha256_hex

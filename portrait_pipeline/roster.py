@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.db.models import Player
+from portrait_pipeline.audit.models import Player
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.naming import check_slug, slugify
 

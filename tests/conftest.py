@@ -12,9 +12,8 @@ import pytest
 from dagster._core.storage.defs_state.base import _current_storage
 from sqlalchemy.engine import make_url
 
-from portrait_pipeline import db
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
+from portrait_pipeline.audit import db
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
 from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import LocalImageStorage
 

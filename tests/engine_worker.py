@@ -18,8 +18,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import dagster as dg  # noqa: E402
 
-from portrait_pipeline.gemini import GeminiResource  # noqa: E402
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource  # noqa: E402
+from portrait_pipeline.defs.resources import (  # noqa: E402
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+)
 from tests.helpers import materialize_portraits, resources_for  # noqa: E402
 
 API_KEY = "engine-worker-key"

@@ -6,11 +6,16 @@ from typing import Any
 
 import dagster as dg
 
-from portrait_pipeline.assets import likeness_descriptions, player_portraits
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.io_managers import PortraitIOManager
-from portrait_pipeline.partitions import portrait_partition_key
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, QualitySettings
+from portrait_pipeline.defs.assets import likeness_descriptions, player_portraits
+from portrait_pipeline.defs.io_managers import PortraitIOManager
+from portrait_pipeline.defs.partitions import portrait_partition_key
+from portrait_pipeline.defs.resources import (
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+    LikenessResource,
+    QualitySettings,
+)
 
 
 def resources_for(

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from portrait_pipeline import audit, images
-from portrait_pipeline.assets import player_portraits
-from portrait_pipeline.checks import (
+from portrait_pipeline import images
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.checks import (
     coverage,
     current_images,
     failure_rate,
@@ -20,11 +22,9 @@ from portrait_pipeline.checks import (
     portrait_checks,
     validate_images,
 )
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.partitions import portrait_partition_key
-from portrait_pipeline.renderer import render_portrait
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, QualitySettings
+from portrait_pipeline.defs.partitions import portrait_partition_key
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, QualitySettings
+from portrait_pipeline.generation.offline import render_portrait
 from portrait_pipeline.storage import LocalImageStorage
 from tests.helpers import materialize_portraits, resources_for
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from portrait_pipeline.db import engine_for, session_scope, upgrade
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.roster import import_roster, read_roster
 
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))

@@ -19,8 +19,8 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from portrait_pipeline import images
-from portrait_pipeline.db import engine_for, session_scope, upgrade
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.roster import import_roster, read_roster
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer

@@ -7,7 +7,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player
 from portrait_pipeline.cohorts import (
     Selection,
     default_current_draft_year,
@@ -17,9 +18,8 @@ from portrait_pipeline.cohorts import (
     players_with_current_image,
     select_players,
 )
-from portrait_pipeline.db.models import Player
+from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.resources import DatabaseResource
 from portrait_pipeline.storage import StoredObject
 
 CURRENT_DRAFT_YEAR = 2025

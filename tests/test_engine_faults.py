@@ -25,11 +25,11 @@ import pytest
 from sqlalchemy import func, select, text
 
 from portrait_pipeline import naming
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.gemini import GeminiRenderer, GeminiResource
-from portrait_pipeline.image_generation import BatchLimits, ImageGenerationService
-from portrait_pipeline.portraits import PartitionRequest, run_partition
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.generation.engine import BatchLimits
+from portrait_pipeline.generation.partition import PartitionRequest, run_partition
+from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.storage import LocalImageStorage, StoredObject
 from portrait_pipeline.styles import Style
 from tests.helpers import materialize_portraits, resources_for
@@ -221,7 +221,7 @@ def test_storing_an_image_frees_its_call_for_the_next_player_with_back_pressure(
     server = start_server()
     players = add_players(database, 4)
     disk = SlowDisk(image_dir, delay_s=0.3)
-    service = ImageGenerationService(GeminiRenderer(gemini_for(server, max_concurrency=1)), disk)
+    service = ImageGenerationService(gemini_for(server, max_concurrency=1).renderer(), disk)
     request = PartitionRequest(DRAFT_YEAR, STYLE, image_size="512")
     result = run_partition(database.check(), service, request, BatchLimits(max_concurrency=1))
     assert [outcome.status for outcome in result.outcomes] == ["succeeded"] * len(players)

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import inspect, select, text, update
 
-from portrait_pipeline import audit, images
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerLikeness
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.image_generation import ImageGenerationService
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource
+from portrait_pipeline import images
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerLikeness
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.storage import LocalImageStorage, sha256_hex
 from tests.helpers import materialize_likeness, materialize_portraits, resources_for
 from tests.servers import gemini as fake

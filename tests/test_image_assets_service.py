@@ -9,13 +9,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit, image_assets_service, naming
-from portrait_pipeline.db import session_scope
-from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline import naming
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit import serving as image_assets_service
+from portrait_pipeline.audit.db import session_scope
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
+from portrait_pipeline.audit.serving import history, promote_asset, resolve_photo_url
+from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput, StorageError
-from portrait_pipeline.image_assets_service import history, promote_asset, resolve_photo_url
-from portrait_pipeline.renderer import render_portrait
-from portrait_pipeline.resources import DatabaseResource
+from portrait_pipeline.generation.offline import render_portrait
 from portrait_pipeline.storage import LocalImageStorage, sha256_hex
 
 PLAYER_ID, SLUG, NAME = 1661, "cooper-flagg", "Cooper Flagg"

@@ -5,8 +5,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from portrait_pipeline import db
-from portrait_pipeline.db.models import Base
+from portrait_pipeline.audit import db
+from portrait_pipeline.audit.models import Base
 from portrait_pipeline.errors import ConfigurationError, DatabaseNotMigrated
 
 APP_TABLES = {"players", "player_image_snapshots", "player_image_assets", "player_likeness"}

@@ -7,10 +7,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.resources import DatabaseResource
 from portrait_pipeline.storage import StoredObject
 
 # Which constraint refused a row, as PostgreSQL (constraint name) or SQLite (column list) words it.

@@ -9,12 +9,11 @@ import dagster as dg
 from sqlalchemy import func, select
 
 from portrait_pipeline import images, naming
-from portrait_pipeline.assets import player_portraits
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.io_managers import PortraitIOManager
-from portrait_pipeline.partitions import portrait_partition_key
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.io_managers import PortraitIOManager
+from portrait_pipeline.defs.partitions import portrait_partition_key
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
 from tests.helpers import materialize_portraits, resources_for
 
 

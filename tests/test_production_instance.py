@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from portrait_pipeline import db
-from portrait_pipeline.db.models import PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit import db
+from portrait_pipeline.audit.models import PlayerImageAsset, PlayerImageSnapshot
 from tests.dagster_dev import (
     REPO_ROOT,
     DagsterProcess,

@@ -6,7 +6,7 @@ import itertools
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from portrait_pipeline.renderer import render_portrait
+from portrait_pipeline.generation.offline import render_portrait
 from portrait_pipeline.styles import STYLES, Style
 
 SEED = "17:cooper-flagg"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from portrait_pipeline.db.models import Player
+from portrait_pipeline.audit.models import Player
+from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.resources import DatabaseResource
 from portrait_pipeline.roster import ImportResult, RosterRow, import_roster, read_roster
 
 HEADER = "name,draft_year,position,school,nba_active,reference_image_url"

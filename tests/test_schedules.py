@@ -9,11 +9,15 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from portrait_pipeline.assets import player_portraits
-from portrait_pipeline.db.models import Player
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
-from portrait_pipeline.schedules import DRAFT_CLASS_BACKFILL_CRON, NBA_REFRESH_CRON, draft_class_backfill, nba_refresh
+from portrait_pipeline.audit.models import Player
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
+from portrait_pipeline.defs.schedules import (
+    DRAFT_CLASS_BACKFILL_CRON,
+    NBA_REFRESH_CRON,
+    draft_class_backfill,
+    nba_refresh,
+)
 from tests.helpers import resources_for
 
 TICK = datetime(2025, 5, 5, 6, 0, tzinfo=UTC)

@@ -9,13 +9,12 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from portrait_pipeline.assets import player_portraits
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.partitions import draft_years
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
+from portrait_pipeline.defs.sensors import new_prospects_sensor
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.partitions import draft_years
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, PortraitSettings
-from portrait_pipeline.sensors import new_prospects_sensor
 from tests.helpers import resources_for
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -8,6 +8,7 @@ from the seed alone, so a player looks the same in every style; background decor
 from (seed, style). No text, numbers or logos are ever drawn.
 """
 
+import asyncio
 import hashlib
 import io
 import math
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
+from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS
+from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
 from portrait_pipeline.styles import Style
 
 DESIGN_W, DESIGN_H = 800, 1000
@@ -202,3 +205,14 @@ def render_portrait(seed: str, style: Style, width: int = 800, height: int = 100
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+class OfflineRenderer:
+    """The embedded default: Pillow placeholder posters, free, recorded as `offline-renderer`."""
+
+    model = OFFLINE_MODEL
+
+    async def render(self, request: RenderRequest) -> RenderedImage:
+        width, height = TARGET_DIMENSIONS[request.size]
+        data = await asyncio.to_thread(render_portrait, request.seed, request.style, width, height)
+        return RenderedImage(data=data)

@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import dagster as dg
 
+from portrait_pipeline.defs.resources import ImageStorageResource
 from portrait_pipeline.errors import StorageError
-from portrait_pipeline.portraits import Portrait
-from portrait_pipeline.resources import ImageStorageResource
+from portrait_pipeline.generation.partition import Portrait
 from portrait_pipeline.storage import ImageStorage
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import roster
+from portrait_pipeline.audit.db import REPO_ROOT
+from portrait_pipeline.audit.models import Player
 from portrait_pipeline.cohorts import COHORTS, Selection, current_styles, draft_year_key, select_players
 from portrait_pipeline.costs import IMAGE_SIZES
-from portrait_pipeline.db import REPO_ROOT
-from portrait_pipeline.db.models import Player
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.styles import STYLES
 
@@ -107,7 +107,7 @@ class Context:
 def open_context() -> Iterator[Context]:
     import dagster as dg
 
-    from portrait_pipeline.definitions import defs
+    from portrait_pipeline.defs.definitions import defs
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ def open_context() -> Iterator[Context]:
 
 
 def cmd_db(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline import db
+    from portrait_pipeline.audit import db
 
     url = ctx.database.url
     if args.action == "upgrade":
@@ -163,7 +163,7 @@ def cmd_players_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline import launch
+    from portrait_pipeline.cli import launch
 
     plan = launch.plan_generation(ctx.resources, selection_of(args), launch.options_from_args(args))
     if args.dry_run:
@@ -179,7 +179,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_history(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline import image_assets_service
+    from portrait_pipeline.audit import serving as image_assets_service
 
     with ctx.database.session() as db:
         entries = image_assets_service.history(db, _player(db, args.player_id).id)
@@ -207,8 +207,8 @@ def _player(db: Session, player_id: int) -> Player:
 
 
 def cmd_url(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline import image_assets_service
-    from portrait_pipeline.launch import style_flag
+    from portrait_pipeline.audit import serving as image_assets_service
+    from portrait_pipeline.cli.launch import style_flag
 
     style = style_flag(args.style)
     with ctx.database.session() as db:
@@ -218,7 +218,7 @@ def cmd_url(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline import image_assets_service
+    from portrait_pipeline.audit import serving as image_assets_service
 
     with ctx.database.session() as db:
         asset = image_assets_service.promote_asset(db, ctx.resources["storage"].get_storage(), args.asset_id)

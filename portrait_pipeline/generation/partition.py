@@ -12,20 +12,21 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit, naming
+from portrait_pipeline import naming
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.db import session_scope
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
 from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year, players_with_current_image
 from portrait_pipeline.costs import ImageSize, estimate_cost, token_cost
-from portrait_pipeline.db import session_scope
-from portrait_pipeline.db.models import Player, PlayerImageAsset
-from portrait_pipeline.image_generation import (
+from portrait_pipeline.generation.engine import (
     DEFAULT_LIMITS,
     BatchJob,
     BatchLimits,
     BatchResult,
-    ImageGenerationService,
     PlayerOutcome,
     generate_batch,
 )
+from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage
 from portrait_pipeline.styles import Style

@@ -8,13 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
-from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year
 from portrait_pipeline.costs import TARGET_DIMENSIONS
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.partitions import portrait_partitions
+from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
-from portrait_pipeline.partitions import portrait_partitions
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.storage import ImageStorage, sha256_hex
 
 METADATA_ROWS = 50  # longer lists are cut: check metadata is for reading, the audit rows hold everything

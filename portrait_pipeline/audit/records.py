@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.storage import StoredObject
 

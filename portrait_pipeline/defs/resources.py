@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import dagster as dg
 from botocore.config import Config
@@ -15,17 +16,23 @@ from pydantic import Field, PrivateAttr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
-from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL
-from portrait_pipeline.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
+from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL
 from portrait_pipeline.errors import ConfigurationError
-from portrait_pipeline.gemini import DEFAULT_VISION_MODEL, RENDERER_CHOICES, GeminiResource, RendererChoice
-from portrait_pipeline.image_generation import ImageGenerationService
+from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy
+from portrait_pipeline.generation.offline import OfflineRenderer
+from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.generation.renderer import Renderer
 from portrait_pipeline.images import ContactSheet
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
 from portrait_pipeline.styles import STYLES, Style, parse_style
 
+log = logging.getLogger(__name__)
+
+RendererChoice = Literal["auto", "gemini", "offline"]
+RENDERER_CHOICES: tuple[RendererChoice, ...] = get_args(RendererChoice)
 DEFAULT_IMAGE_DIR = REPO_ROOT / ".portraits" / "images"
 DEFAULT_MAX_FAILURE_RATE = 0.10
 
@@ -68,6 +75,60 @@ class PortraitS3Resource(S3Resource):
             aws_session_token=self.aws_session_token,
             config=config,
         )
+
+
+class GeminiResource(dg.ConfigurableResource):
+    """Gemini settings and client; without an API key the offline renderer stands in."""
+
+    api_key: str | None = Field(default=None, description="GEMINI_API_KEY (secret)")
+    base_url: str | None = Field(default=None, description="GEMINI_BASE_URL: a gateway, proxy or test server")
+    image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="GEMINI_IMAGE_MODEL")
+    vision_model: str = Field(default=DEFAULT_VISION_MODEL, description="GEMINI_VISION_MODEL (likeness)")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds")
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per call for 429, 5xx and timeouts")
+    retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles, with jitter")
+    retry_max_s: float = Field(default=60.0, ge=0, description="Longest backoff delay")
+    max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per run")
+    requests_per_minute: int = Field(default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE per run")
+    renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
+
+    _client: GeminiClient | None = PrivateAttr(default=None)
+
+    @property
+    def uses_gemini(self) -> bool:
+        if self.renderer_choice == "offline":
+            return False
+        if self.renderer_choice == "gemini" and not self.api_key:
+            raise ConfigurationError("PORTRAIT_RENDERER=gemini needs GEMINI_API_KEY")
+        return bool(self.api_key)
+
+    @property
+    def model(self) -> str:
+        return self.image_model if self.uses_gemini else OfflineRenderer.model
+
+    def client(self) -> GeminiClient:
+        """One client per resource instance: its HTTP pool and rate limiter serve every call of the run."""
+        if self._client is None:
+            if not self.api_key:
+                raise ConfigurationError("Gemini needs GEMINI_API_KEY")
+            self._client = GeminiClient(
+                self.api_key,
+                base_url=self.base_url,
+                timeout_s=self.timeout_s,
+                requests_per_minute=self.requests_per_minute,
+                retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s),
+            )
+        return self._client
+
+    def renderer(self) -> Renderer:
+        if not self.uses_gemini:
+            log.info("No GEMINI_API_KEY: portraits come from the offline renderer (placeholder posters, $0).")
+            return OfflineRenderer()
+        return GeminiRenderer(self.client(), self.image_model)
+
+    def describer(self) -> GeminiDescriber | None:
+        """The vision model for likeness; None offline, where no model can look at a photo."""
+        return GeminiDescriber(self.client(), self.vision_model) if self.uses_gemini else None
 
 
 class DatabaseResource(dg.ConfigurableResource):

@@ -10,8 +10,9 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit, naming
-from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline import naming
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.storage import ImageStorage, sha256_hex
 

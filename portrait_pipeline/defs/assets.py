@@ -12,18 +12,24 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import audit, images
+from portrait_pipeline import images
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player
 from portrait_pipeline.cohorts import players_in_draft_year
 from portrait_pipeline.costs import parse_image_size
-from portrait_pipeline.db.models import Player
+from portrait_pipeline.defs.partitions import draft_years, portrait_partitions
+from portrait_pipeline.defs.resources import (
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+    LikenessResource,
+    generation_service,
+)
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
-from portrait_pipeline.gemini import GeminiResource
-from portrait_pipeline.image_generation import BatchLimits, PlayerOutcome
+from portrait_pipeline.generation.engine import BatchLimits, PlayerOutcome
+from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.likeness import LikenessService
-from portrait_pipeline.partitions import draft_years, portrait_partitions
-from portrait_pipeline.portraits import PartitionRequest, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource, LikenessResource, generation_service
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 

@@ -10,10 +10,10 @@ from typing import Any
 import dagster as dg
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.assets import player_portraits
 from portrait_pipeline.cohorts import Selection, draft_year_key, select_players
-from portrait_pipeline.partitions import draft_years, portrait_partition_key
-from portrait_pipeline.resources import DatabaseResource, PortraitSettings
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
+from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
 
 # Mondays 06:00 UTC, May to July: the lottery, the combine, withdrawals and the June draft keep changing the class.
 DRAFT_CLASS_BACKFILL_CRON = "0 6 * 5-7 1"

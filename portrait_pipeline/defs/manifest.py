@@ -7,10 +7,10 @@ import dagster as dg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.assets import player_portraits
-from portrait_pipeline.db.models import Player, PlayerImageAsset
-from portrait_pipeline.image_assets_service import as_utc
-from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
+from portrait_pipeline.audit.serving import as_utc
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource
 from portrait_pipeline.storage import ImageStorage
 
 MANIFEST_KEY = "manifests/portraits.json"

@@ -17,12 +17,12 @@ import dagster as dg
 import rich.progress
 from sqlalchemy import func, select
 
+from portrait_pipeline.audit.models import PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.cohorts import Selection, draft_year_key, select_players
 from portrait_pipeline.costs import ImageSize, parse_image_size
-from portrait_pipeline.db.models import PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.partitions import portrait_partition_key
-from portrait_pipeline.portraits import PartitionPlan, PartitionRequest, plan_partition
+from portrait_pipeline.generation.partition import PartitionPlan, PartitionRequest, plan_partition
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import Style, parse_style
 
@@ -184,7 +184,7 @@ def run_generation(
     instance: dg.DagsterInstance, resources: dict[str, Any], plan: GenerationPlan, *, interactive: bool
 ) -> GenerationSummary:
     """One Dagster run per partition with work to do, on the persistent instance (visible in the UI)."""
-    from portrait_pipeline.definitions import defs
+    from portrait_pipeline.defs.definitions import defs
 
     started = time.monotonic()
     summaries: list[PartitionSummary] = []

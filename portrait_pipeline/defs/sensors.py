@@ -11,12 +11,12 @@ import dagster as dg
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.assets import player_portraits
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
 from portrait_pipeline.cohorts import UNDRAFTED, draft_year_key, parse_draft_year_key
-from portrait_pipeline.db.models import Player, PlayerImageAsset
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
+from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.partitions import draft_years, portrait_partition_key
-from portrait_pipeline.resources import DatabaseResource, PortraitSettings
 from portrait_pipeline.styles import Style
 
 SENSOR_RUN_KEY_PREFIX = "new_prospects"

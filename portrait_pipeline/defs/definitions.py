@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from portrait_pipeline.assets import likeness_descriptions, player_portraits
-from portrait_pipeline.checks import portrait_checks
-from portrait_pipeline.io_managers import PortraitIOManager
-from portrait_pipeline.manifest import portrait_manifest
-from portrait_pipeline.partitions import draft_years, portrait_partitions
-from portrait_pipeline.resources import resources_from_env
-from portrait_pipeline.schedules import draft_class_backfill, nba_refresh
-from portrait_pipeline.sensors import new_prospects_sensor
+from portrait_pipeline.defs.assets import likeness_descriptions, player_portraits
+from portrait_pipeline.defs.checks import portrait_checks
+from portrait_pipeline.defs.io_managers import PortraitIOManager
+from portrait_pipeline.defs.manifest import portrait_manifest
+from portrait_pipeline.defs.partitions import draft_years, portrait_partitions
+from portrait_pipeline.defs.resources import resources_from_env
+from portrait_pipeline.defs.schedules import draft_class_backfill, nba_refresh
+from portrait_pipeline.defs.sensors import new_prospects_sensor
 
 resources = resources_from_env()
 

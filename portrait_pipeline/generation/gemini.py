@@ -1,80 +1,70 @@
-"""Gemini: the one module that talks to google-genai, for portraits and for likeness descriptions."""
+"""Gemini through google-genai, the one module that imports it: portraits, likeness descriptions, retries, pacing."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar, get_args
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import dagster as dg
 import httpx2
 from aiolimiter import AsyncLimiter
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from pydantic import Field, PrivateAttr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL, price
-from portrait_pipeline.errors import ConfigurationError, GenerationFailed
-from portrait_pipeline.image_generation import OfflineRenderer, RenderedImage, Renderer, RenderRequest
+from portrait_pipeline.costs import price
+from portrait_pipeline.errors import GenerationFailed
+from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
 from portrait_pipeline.prompts import LIKENESS_PROMPT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VISION_MODEL = "gemini-2.5-flash"
-RendererChoice = Literal["auto", "gemini", "offline"]
-RENDERER_CHOICES: tuple[RendererChoice, ...] = get_args(RendererChoice)
 T = TypeVar("T")
 
 
-class GeminiResource(dg.ConfigurableResource):
-    """Gemini settings and client; without an API key the offline renderer stands in."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one call is retried: 429, 5xx and timeouts, with backoff that honours the server's RetryInfo."""
 
-    api_key: str | None = Field(default=None, description="GEMINI_API_KEY (secret)")
-    base_url: str | None = Field(default=None, description="GEMINI_BASE_URL: a gateway, proxy or test server")
-    image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="GEMINI_IMAGE_MODEL")
-    vision_model: str = Field(default=DEFAULT_VISION_MODEL, description="GEMINI_VISION_MODEL (likeness)")
-    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds")
-    max_attempts: int = Field(default=5, ge=1, description="Attempts per call for 429, 5xx and timeouts")
-    retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles, with jitter")
-    retry_max_s: float = Field(default=60.0, ge=0, description="Longest backoff delay")
-    max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per run")
-    requests_per_minute: int = Field(default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE per run")
-    renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
+    max_attempts: int = 5
+    initial_s: float = 1.0
+    max_s: float = 60.0
 
-    _client: genai.Client | None = PrivateAttr(default=None)
-    _limiter: AsyncLimiter | None = PrivateAttr(default=None)
 
-    @property
-    def uses_gemini(self) -> bool:
-        if self.renderer_choice == "offline":
-            return False
-        if self.renderer_choice == "gemini" and not self.api_key:
-            raise ConfigurationError("PORTRAIT_RENDERER=gemini needs GEMINI_API_KEY")
-        return bool(self.api_key)
+class GeminiClient:
+    """One google-genai client and one rate limiter: every call of a run goes through `call`."""
 
-    @property
-    def model(self) -> str:
-        return self.image_model if self.uses_gemini else OfflineRenderer.model
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 120.0,
+        requests_per_minute: int = 60,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        # The SDK's own retries ignore RetryInfo, so `call` retries instead (retry_options stays None).
+        options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
+        self.sdk = genai.Client(api_key=api_key, http_options=options)
+        self.requests_per_minute = requests_per_minute
+        self.retry = retry
+        self._limiter: AsyncLimiter | None = None
 
-    def client(self) -> genai.Client:
-        """One client per resource instance: its HTTP pool serves every call of the run."""
-        if self._client is None:
-            # The SDK's own retries ignore RetryInfo, so `call` retries instead (retry_options stays None).
-            options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
-            self._client = genai.Client(api_key=self.api_key, http_options=options)
-        return self._client
+    def __repr__(self) -> str:  # never the key
+        return f"GeminiClient(requests_per_minute={self.requests_per_minute})"
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
         """Run one API call within the rate limit, retrying 429, 5xx and timeouts with backoff."""
         if self._limiter is None:
-            # Spread the per-minute quota evenly: bursts are what trigger 429s.
+            # Spread the per-minute quota evenly: bursts are what trigger 429s. Made on first use, inside the
+            # event loop that will use it.
             self._limiter = AsyncLimiter(self.requests_per_minute / 60, 1)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=_WaitForServer(wait_exponential_jitter(self.retry_initial_s, self.retry_max_s)),
+            stop=stop_after_attempt(self.retry.max_attempts),
+            wait=_WaitForServer(wait_exponential_jitter(self.retry.initial_s, self.retry.max_s)),
             retry=retry_if_exception(is_retryable),
             reraise=True,
         )
@@ -91,16 +81,6 @@ class GeminiResource(dg.ConfigurableResource):
                 f"Gemini did not answer ({exc.__class__.__name__}) after {attempts} attempt(s)"
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
-
-    def renderer(self) -> Renderer:
-        if not self.uses_gemini:
-            log.info("No GEMINI_API_KEY: portraits come from the offline renderer (placeholder posters, $0).")
-            return OfflineRenderer()
-        return GeminiRenderer(self)
-
-    def describer(self) -> GeminiDescriber | None:
-        """The vision model for likeness; None offline, where no model can look at a photo."""
-        return GeminiDescriber(self) if self.uses_gemini else None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -143,9 +123,9 @@ def _describe_error(exc: genai_errors.APIError, attempts: int) -> str:
 class GeminiRenderer:
     """Portraits from a Gemini image model, read carefully: no image → a reason, never a crash."""
 
-    def __init__(self, gemini: GeminiResource) -> None:
-        self._gemini = gemini
-        self.model = gemini.image_model
+    def __init__(self, client: GeminiClient, model: str) -> None:
+        self._client = client
+        self.model = model
 
     async def render(self, request: RenderRequest) -> RenderedImage:
         api_size = price(self.model, request.size).api_size
@@ -154,9 +134,9 @@ class GeminiRenderer:
             response_modalities=["IMAGE"],
             image_config=types.ImageConfig(aspect_ratio="4:5", image_size=api_size),
         )
-        client = self._gemini.client()
-        response = await self._gemini.call(
-            lambda: client.aio.models.generate_content(model=self.model, contents=request.user_prompt, config=config)
+        sdk = self._client.sdk
+        response = await self._client.call(
+            lambda: sdk.aio.models.generate_content(model=self.model, contents=request.user_prompt, config=config)
         )
         return image_from(response)
 
@@ -164,16 +144,14 @@ class GeminiRenderer:
 class GeminiDescriber:
     """Neutral descriptions of reference photos from the vision model (the seed's likeness step)."""
 
-    def __init__(self, gemini: GeminiResource) -> None:
-        self._gemini = gemini
-        self.model = gemini.vision_model
+    def __init__(self, client: GeminiClient, model: str) -> None:
+        self._client = client
+        self.model = model
 
     async def describe(self, image: bytes, mime_type: str) -> str:
-        client = self._gemini.client()
+        sdk = self._client.sdk
         contents: Any = [types.Part.from_bytes(data=image, mime_type=mime_type), LIKENESS_PROMPT]
-        response = await self._gemini.call(
-            lambda: client.aio.models.generate_content(model=self.model, contents=contents)
-        )
+        response = await self._client.call(lambda: sdk.aio.models.generate_content(model=self.model, contents=contents))
         text = (response.text or "").strip()
         if not text:
             raise GenerationFailed(f"the vision model returned no description ({_finish_reason(response)})")

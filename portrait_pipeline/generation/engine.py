@@ -1,0 +1,198 @@
+"""The batch engine: many players at once, each durable on its own, within concurrency, failure and budget limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from sqlalchemy import Engine
+
+from portrait_pipeline.audit.db import session_scope
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.costs import ImageSize, price
+from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.styles import Style
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlayerOutcome:
+    """One line of a batch's result, for progress bars, logs and metadata."""
+
+    player_id: int
+    display_name: str
+    status: Literal["succeeded", "failed", "not_started"]
+    reason: str | None = None
+    asset_id: int | None = None
+    seconds: float = 0.0
+    cost_usd: Decimal = Decimal("0")
+    key: str | None = None
+    public_url: str | None = None
+    user_prompt: str | None = None
+    likeness_sha256: str | None = None
+    reference_url: str | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What every player of one batch shares."""
+
+    snapshot_id: int
+    style: Style
+    image_size: ImageSize
+    fetch_likeness: bool = False
+    likeness_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How hard a batch may push: calls in flight, failures in a row, money."""
+
+    max_concurrency: int = 8
+    max_consecutive_failures: int | None = 10
+    max_cost_usd: Decimal | None = None
+
+
+DEFAULT_LIMITS = BatchLimits()
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[PlayerOutcome]
+    stopped: str | None = None  # why the batch stopped starting calls early, if it did
+
+
+class _Breaker:
+    """Decides whether another call may start: the circuit breaker and the budget, in one place."""
+
+    def __init__(self, limits: BatchLimits, cost_per_image: Decimal) -> None:
+        self.limits = limits
+        self.cost_per_image = cost_per_image
+        self.consecutive_failures = 0
+        self.spent = Decimal("0")
+        self.in_flight = 0
+        self.stopped: str | None = None
+
+    def may_start(self) -> bool:
+        limit = self.limits.max_consecutive_failures
+        if self.stopped is None and limit is not None and self.consecutive_failures >= limit:
+            self.stopped = f"circuit breaker: {self.consecutive_failures} consecutive failures, no new calls started"
+        budget = self.limits.max_cost_usd
+        committed = self.spent + (self.in_flight + 1) * self.cost_per_image
+        if self.stopped is None and budget is not None and committed > budget:
+            self.stopped = f"budget: ${self.spent:.2f} spent + {self.in_flight} in flight would pass ${budget:.2f}"
+        return self.stopped is None
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, outcome: PlayerOutcome) -> None:
+        self.in_flight -= 1
+        self.spent += outcome.cost_usd
+        self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
+
+
+async def generate_batch(
+    engine: Engine,
+    service: ImageGenerationService,
+    job: BatchJob,
+    player_ids: Sequence[int],
+    limits: BatchLimits = DEFAULT_LIMITS,
+    on_outcome: Callable[[PlayerOutcome], None] | None = None,
+) -> BatchResult:
+    """Generate for many players at once, each durable on its own; stop starting calls when a limit says so.
+
+    Two stages, each at most `max_concurrency` players: calls (prompt to answer) and storing (fit and encode,
+    store, commit). An answered player moves to the second stage as soon as it has room, which frees its call slot for
+    the next player; so the API stays busy while images are stored, and at most twice `max_concurrency` images
+    are in memory, whatever the batch size (players are started lazily).
+    """
+    calls = asyncio.Semaphore(limits.max_concurrency)
+    storing = asyncio.Semaphore(limits.max_concurrency)
+    breaker = _Breaker(limits, price(service.renderer.model, job.image_size).usd_per_image)
+    outcomes: list[PlayerOutcome] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(player_id: int) -> None:
+        answered = False
+
+        async def on_answer() -> None:
+            nonlocal answered
+            await storing.acquire()  # back-pressure: no room to store, no new call
+            answered = True
+            calls.release()
+
+        try:
+            outcome = await _generate_one(engine, service, job, player_id, on_answer)
+        finally:
+            (storing if answered else calls).release()
+        breaker.finished(outcome)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    pending = list(player_ids)
+    while pending:
+        await calls.acquire()
+        if not breaker.may_start():
+            calls.release()
+            break
+        breaker.started()
+        tasks.append(asyncio.create_task(one(pending.pop(0))))
+    await asyncio.gather(*tasks)
+    for player_id in pending:
+        outcomes.append(PlayerOutcome(player_id, f"player {player_id}", "not_started", breaker.stopped))
+    return BatchResult(outcomes=outcomes, stopped=breaker.stopped)
+
+
+async def _generate_one(
+    engine: Engine,
+    service: ImageGenerationService,
+    job: BatchJob,
+    player_id: int,
+    on_answer: Callable[[], Awaitable[None]],
+) -> PlayerOutcome:
+    try:
+        with session_scope(engine) as db:
+            player = db.get_one(Player, player_id)
+            snapshot = db.get_one(PlayerImageSnapshot, job.snapshot_id)
+            # Hand the connection back while the call is in flight: the pool is smaller than max_concurrency.
+            db.commit()
+            asset = await service.generate_for_player(
+                db=db,
+                player=player,
+                snapshot=snapshot,
+                style=job.style,
+                fetch_likeness=job.fetch_likeness,
+                image_size=job.image_size,
+                likeness_url=job.likeness_url,
+                on_answer=on_answer,
+            )
+            return outcome_of(asset, player)
+    except Exception as exc:  # the database itself failed: nothing could be recorded for this player
+        log.exception("player %s: could not record the generation", player_id)
+        return PlayerOutcome(player_id, f"player {player_id}", "failed", f"{exc.__class__.__name__}: {exc}")
+
+
+def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
+    return PlayerOutcome(
+        player_id=player.id,
+        display_name=player.display_name,
+        status="succeeded" if asset.status == "succeeded" else "failed",
+        reason=asset.error_message,
+        asset_id=asset.id,
+        seconds=asset.generation_time_sec or 0.0,
+        cost_usd=asset.cost_usd or Decimal("0"),
+        key=asset.s3_key,
+        public_url=asset.public_url,
+        user_prompt=asset.user_prompt,
+        likeness_sha256=asset.reference_sha256,
+        reference_url=asset.reference_image_url,
+        output_tokens=asset.output_tokens,
+    )

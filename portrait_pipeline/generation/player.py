@@ -1,0 +1,158 @@
+"""One player's portrait: prompt, render, fit and store the image, and write its audit row, durably."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
+
+from sqlalchemy.orm import Session
+
+from portrait_pipeline import images, naming
+from portrait_pipeline.audit import records as audit
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.costs import TARGET_DIMENSIONS, ImageSize, price
+from portrait_pipeline.errors import PortraitPipelineError, StorageError
+from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
+from portrait_pipeline.likeness import Likeness
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
+from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
+from portrait_pipeline.styles import Style
+
+LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]
+
+
+class ImageGenerationService:
+    """The seed's service: generate one player's portrait, store it, and write its audit row."""
+
+    def __init__(
+        self,
+        renderer: Renderer,
+        storage: ImageStorage,
+        likeness: LikenessSource | None = None,
+        contact_sheet: images.ContactSheet | None = None,
+    ) -> None:
+        self.renderer = renderer
+        self.storage = storage
+        self.likeness = likeness
+        self.contact_sheet = contact_sheet
+
+    async def generate_for_player(
+        self,
+        db: Session,
+        player: Player,
+        snapshot: PlayerImageSnapshot,
+        style: Style = "default",
+        fetch_likeness: bool = False,
+        image_size: ImageSize = "1K",
+        likeness_url: str | None = None,
+        on_answer: Callable[[], Awaitable[None]] | None = None,
+    ) -> PlayerImageAsset:
+        """Durable per player: the image is in storage before its row commits; failures become rows too.
+
+        `on_answer` is awaited once the model has answered, before the image is processed and stored: a batch
+        hands the call's slot to the next player there, so storing never holds up the API.
+        """
+        attempt = _Attempt(
+            started=time.monotonic(),
+            prompt=user_prompt(player.display_name, player.position, player.school, None),
+            reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
+        )
+        try:
+            png, stored = await self._make_image(db, player, style, image_size, attempt, on_answer)
+        except PortraitPipelineError as exc:
+            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+        width, height = TARGET_DIMENSIONS[image_size]
+        record = self._record(attempt, width=width, height=height)
+        # The serving alias is rewritten under the player's row lock, so it always shows the current image.
+        publish = partial(self.storage.put, naming.current_key(player.id, player.slug, style), png, immutable=False)
+        try:
+            return await asyncio.to_thread(audit.record_success, db, snapshot, player, style, record, stored, publish)
+        except StorageError as exc:
+            db.rollback()  # the uncommitted row of this image, not the caller's committed snapshot
+            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+
+    async def _make_image(
+        self,
+        db: Session,
+        player: Player,
+        style: Style,
+        image_size: ImageSize,
+        attempt: _Attempt,
+        on_answer: Callable[[], Awaitable[None]] | None,
+    ) -> tuple[bytes, StoredObject]:
+        if attempt.reference_url and self.likeness is not None:
+            attempt.likeness = await self.likeness(db, player, attempt.reference_url)
+            description = attempt.likeness.description
+            attempt.prompt = user_prompt(player.display_name, player.position, player.school, description)
+        rendered = await self.renderer.render(
+            RenderRequest(
+                player_id=player.id,
+                seed=f"{player.id}:{player.slug}",
+                style=style,
+                system_prompt=system_prompt(style),
+                user_prompt=attempt.prompt,
+                size=image_size,
+            )
+        )
+        provenance = {
+            "portrait:player_id": str(player.id),
+            "portrait:style": style,
+            "portrait:model": self.renderer.model,
+            "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
+        }
+        attempt.rendered = rendered  # paid for from here on, whatever happens next
+        attempt.cost = price(self.renderer.model, image_size).usd_per_image
+        if on_answer is not None:
+            await on_answer()
+        # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
+        png, digest = await asyncio.to_thread(self._finish, rendered.data, TARGET_DIMENSIONS[image_size], provenance)
+        history_key = naming.history_key(player.id, player.slug, style, digest)
+        # The history object is stored before the row: no row ever claims an image storage does not have.
+        stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
+        return png, stored
+
+    def _finish(self, data: bytes, target: tuple[int, int], provenance: dict[str, str]) -> tuple[bytes, str]:
+        """The answer as a 4:5 PNG with its SHA-256; its thumbnail goes to the contact sheet while still decoded."""
+        image = images.fit(data, target)
+        png = images.to_png(image, provenance)
+        digest = sha256_hex(png)
+        if self.contact_sheet is not None:
+            self.contact_sheet.keep(digest, image)
+        return png, digest
+
+    def _record(
+        self, attempt: _Attempt, *, width: int | None = None, height: int | None = None
+    ) -> audit.GenerationRecord:
+        """The audit fields of an attempt; an answer that was paid for keeps its cost and tokens even if it failed."""
+        likeness, rendered = attempt.likeness, attempt.rendered
+        return audit.GenerationRecord(
+            user_prompt=attempt.prompt,
+            model=self.renderer.model,
+            system_prompt_version=SYSTEM_PROMPT_VERSION,
+            generation_time_sec=round(time.monotonic() - attempt.started, 3),
+            likeness_description=likeness.description if likeness else None,
+            reference_image_url=attempt.reference_url,
+            reference_sha256=likeness.reference_sha256 if likeness else None,
+            width=width,
+            height=height,
+            prompt_tokens=rendered.prompt_tokens if rendered else None,
+            output_tokens=rendered.output_tokens if rendered else None,
+            total_tokens=rendered.total_tokens if rendered else None,
+            cost_usd=attempt.cost,
+        )
+
+
+@dataclass
+class _Attempt:
+    """What is known about one player's attempt so far, so a failure row records it too."""
+
+    started: float
+    prompt: str
+    reference_url: str | None
+    likeness: Likeness | None = None
+    rendered: RenderedImage | None = None
+    cost: Decimal = Decimal("0")
