@@ -52,6 +52,24 @@ def history_key(player_id: int, slug: str, style: str, sha256: str) -> str:
     return f"portraits/{style}/{stem}/{sha256[:16]}.png"
 
 
+def partition_label(draft_year_key: str, style: str) -> str:
+    """A partition as the audit and run keys write it; the same string as Dagster's key (`2025|default`)."""
+    return f"{draft_year_key}|{style}"
+
+
+def contact_sheet_key(draft_year_key: str, style: str) -> str:
+    """The partition's contact sheet, rewritten by each run of the partition."""
+    return f"contact-sheets/{style}/{draft_year_key}.png"
+
+
+def partition_index_key(draft_year_key: str, style: str) -> str:
+    """The JSON index of a partition's current portraits, written by the image IO manager."""
+    return f"portraits/{style}/_partitions/{draft_year_key}.json"
+
+
+MANIFEST_KEY = "manifests/portraits.json"
+
+
 def placeholder_url(display_name: str) -> str:
     return f"https://placehold.co/800x1000/4A7FB8/FFFFFF?text={quote(display_name)}"
 

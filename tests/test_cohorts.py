@@ -9,15 +9,13 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player
-from portrait_pipeline.cohorts import (
-    Selection,
-    default_current_draft_year,
+from portrait_pipeline.audit.queries import (
     draft_year_key,
     parse_draft_year_key,
     players_in_draft_year,
     players_with_current_image,
-    select_players,
 )
+from portrait_pipeline.cohorts import Selection, default_current_draft_year, select_players
 from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.storage import StoredObject

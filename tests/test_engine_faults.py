@@ -27,7 +27,6 @@ from sqlalchemy import func, select, text
 from portrait_pipeline import naming
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
-from portrait_pipeline.generation.engine import BatchLimits
 from portrait_pipeline.generation.partition import PartitionRequest, run_partition
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.storage import LocalImageStorage, StoredObject
@@ -223,7 +222,7 @@ def test_storing_an_image_frees_its_call_for_the_next_player_with_back_pressure(
     disk = SlowDisk(image_dir, delay_s=0.3)
     service = ImageGenerationService(gemini_for(server, max_concurrency=1).renderer(), disk)
     request = PartitionRequest(DRAFT_YEAR, STYLE, image_size="512")
-    result = run_partition(database.check(), service, request, BatchLimits(max_concurrency=1))
+    result = run_partition(database.check(), service, request, max_concurrency=1)
     assert [outcome.status for outcome in result.outcomes] == ["succeeded"] * len(players)
     calls = sorted(image_calls(server), key=lambda call: call.started)
     assert len(calls) == len(players) and server.peak_in_flight == 1

@@ -8,9 +8,10 @@ from sqlalchemy import select
 
 from portrait_pipeline.audit.models import PlayerImageAsset
 from portrait_pipeline.audit.serving import promote_asset
-from portrait_pipeline.defs.manifest import MANIFEST_KEY, build_manifest, portrait_manifest
+from portrait_pipeline.defs.manifest import build_manifest, portrait_manifest
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
 from portrait_pipeline.generation.partition import Portrait, current_portraits
+from portrait_pipeline.naming import MANIFEST_KEY
 from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, sha256_hex
 from tests.helpers import materialize_portraits, resources_for
 from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401

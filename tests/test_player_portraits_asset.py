@@ -57,8 +57,12 @@ def test_materializing_a_partition_stores_every_player_and_audits_it(
     assert metadata["prompt_version"].value == "v2.1"
     assert "data:image/png;base64," in str(metadata["preview"].value)
     assert metadata["images"].value == 20
-    table = str(metadata["players"].value)
-    assert table.count("| succeeded | v2.1 |") == 20 and "Tomás Ibáñez" in table
+    table = metadata["players"]
+    assert isinstance(table, dg.TableMetadataValue)
+    records = [record.data for record in table.records]
+    assert [(r["status"], r["prompt_version"]) for r in records] == [("succeeded", "v2.1")] * 20
+    assert "Tomás Ibáñez" in {r["player"] for r in records}
+    assert len({r["player_id"] for r in records}) == 20 and all(r["slug"] and r["image"] for r in records)
 
 
 def test_contact_sheet_holds_one_tile_per_image_and_is_stored_next_to_them(

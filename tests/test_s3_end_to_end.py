@@ -14,9 +14,10 @@ from sqlalchemy import func, select
 from portrait_pipeline import images, naming
 from portrait_pipeline.audit.models import Base, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.defs.assets import player_portraits
-from portrait_pipeline.defs.io_managers import PortraitIOManager, index_key
+from portrait_pipeline.defs.io_managers import PortraitIOManager
 from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
+from portrait_pipeline.naming import partition_index_key as index_key
 from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, IMMUTABLE_CACHE_CONTROL
 from tests.helpers import materialize_portraits, resources_for
 from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401

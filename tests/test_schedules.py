@@ -79,7 +79,7 @@ def test_schedules_are_off_until_turned_on() -> None:
 def test_draft_class_backfill_requests_every_automated_style_of_the_current_class(
     database: DatabaseResource, instance: dg.DagsterInstance
 ) -> None:
-    settings = PortraitSettings(current_draft_year=2025, sensor_styles=["default", "vector"])
+    settings = PortraitSettings(current_draft_year=2025, sensor_styles="default,vector")
     add(database, player(1, 2025), player(2, 2025), player(3, 2026))
     result = evaluate(draft_class_backfill, database, settings, instance)
     config = {"missing_only": True, "cohort": "current_draft_2025"}

@@ -204,7 +204,7 @@ def test_each_automated_style_gets_its_own_run(
     styles_with_image: Sequence[str],
     requested: list[str],
 ) -> None:
-    settings = PortraitSettings(current_draft_year=2025, sensor_styles=["default", "comic"])
+    settings = PortraitSettings(current_draft_year=2025, sensor_styles="default,comic")
     add(database, player(1, 2026, 1))
     for style in styles_with_image:
         give_current_image(database, 1, style)

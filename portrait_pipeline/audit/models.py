@@ -15,14 +15,35 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A moment in UTC, aware: naive values are taken as UTC (SQLite stores them so), aware ones converted."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps that come back aware and in UTC from either database: SQLite hands back naive values,
+    PostgreSQL aware ones in the session's time zone. Every read of a timestamp can then compare and print it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class Base(DeclarativeBase):
@@ -44,8 +65,8 @@ class Player(Base):
     draft_year: Mapped[int | None] = mapped_column(Integer, index=True)
     nba_active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     reference_image_url: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     def __repr__(self) -> str:
         return f"Player(id={self.id}, slug={self.slug!r})"
@@ -80,8 +101,8 @@ class PlayerImageSnapshot(Base):
     status: Mapped[str] = mapped_column(String(20), default="running")
     dagster_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
     partition_key: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     assets: Mapped[list[PlayerImageAsset]] = relationship(back_populates="snapshot")
 
@@ -130,7 +151,7 @@ class PlayerImageAsset(Base):
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     snapshot: Mapped[PlayerImageSnapshot] = relationship(back_populates="assets")
     player: Mapped[Player] = relationship()
@@ -149,4 +170,4 @@ class PlayerLikeness(Base):
     description: Mapped[str] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(100))
     prompt_version: Mapped[str] = mapped_column(String(20))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 
 from sqlalchemy import select
@@ -86,11 +86,6 @@ class HistoryEntry:
     error_message: str | None
 
 
-def as_utc(moment: datetime) -> datetime:
-    # SQLite hands timestamps back naive; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def history(db: Session, player_id: int) -> list[HistoryEntry]:
     """Every generation of a player, oldest first, failures included."""
     if db.get(Player, player_id) is None:
@@ -104,7 +99,7 @@ def history(db: Session, player_id: int) -> list[HistoryEntry]:
     return [
         HistoryEntry(
             asset_id=asset.id,
-            created_at=as_utc(asset.created_at),
+            created_at=asset.created_at,
             style=asset.style,
             run_key=run_key,
             snapshot_version=version,

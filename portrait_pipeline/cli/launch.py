@@ -16,50 +16,29 @@ from typing import Any, Protocol
 import dagster as dg
 import rich.progress
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit.models import PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.cohorts import Selection, draft_year_key, select_players
-from portrait_pipeline.costs import ImageSize, parse_image_size
+from portrait_pipeline.audit import queries
+from portrait_pipeline.audit.models import PlayerImageAsset
+from portrait_pipeline.cohorts import Selection, select_players
+from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import portrait_partition_key
+from portrait_pipeline.defs.resources import Resources
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.generation.partition import PartitionPlan, PartitionRequest, plan_partition
-from portrait_pipeline.roster import check_reference_url
+from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
 from portrait_pipeline.styles import Style, parse_style
 
 
-@dataclass(frozen=True)
-class GenerationOptions:
-    styles: tuple[Style, ...]
-    image_size: str
-    missing_only: bool = False
-    fetch_likeness: bool = False
-    likeness_url: str | None = None
-    run_key: str | None = None
-    limit: int | None = None
-    notes: str | None = None
-
-
-def options_from_args(args: argparse.Namespace) -> GenerationOptions:
-    if args.limit is not None and args.limit < 1:
-        raise InvalidInput(f"--limit {args.limit}: use a positive number")
-    if args.likeness_url is not None:
-        if args.player_id is None and args.player_slug is None:
-            raise InvalidInput("--likeness-url needs a single player: add --player-id or --player-slug")
-        try:
-            check_reference_url(args.likeness_url)
-        except InvalidInput:
-            raise InvalidInput(f"--likeness-url {args.likeness_url}: only http(s) URLs") from None
-    styles = tuple(dict.fromkeys(style_flag(value) for value in (args.style or ["default"])))
-    return GenerationOptions(
-        styles=styles,
-        image_size=args.size,
-        missing_only=args.missing_only,
-        fetch_likeness=args.fetch_likeness or args.likeness_url is not None,
-        likeness_url=args.likeness_url,
-        run_key=args.run_key,
-        limit=args.limit,
-        notes=args.notes,
-    )
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The generate command's flags as `PortraitRunConfig` fields (player ids come per partition)."""
+    return {
+        "missing_only": args.missing_only,
+        "image_size": args.size,
+        "fetch_likeness": args.fetch_likeness,
+        "likeness_url": args.likeness_url,
+        "run_key": args.run_key,
+        "notes": args.notes,
+    }
 
 
 def style_flag(value: str) -> Style:
@@ -70,55 +49,67 @@ def style_flag(value: str) -> Style:
 
 
 @dataclass(frozen=True)
+class PartitionLaunch:
+    """One partition's run: its config (what Dagster gets) and its plan (what the dry run shows)."""
+
+    config: PortraitRunConfig
+    plan: PartitionPlan
+
+    @property
+    def partition_key(self) -> str:
+        return self.plan.request.partition_key
+
+
+@dataclass(frozen=True)
 class GenerationPlan:
     label: str
     model: str
-    image_size: ImageSize
-    partitions: list[PartitionPlan]
+    image_size: str
+    partitions: list[PartitionLaunch]
 
     @property
     def total_cost(self) -> Decimal:
-        return sum((plan.estimated_cost_usd for plan in self.partitions), Decimal("0"))
+        return sum((launch.plan.estimated_cost_usd for launch in self.partitions), Decimal("0"))
 
 
-def plan_generation(resources: dict[str, Any], selection: Selection, options: GenerationOptions) -> GenerationPlan:
-    """Resolve the selection into (draft year, style) partitions and their players; writes nothing."""
-    model = resources["gemini"].model
-    image_size = parse_image_size(options.image_size, model)
-    current_year = resources["settings"].current_draft_year
-    storage = resources["storage"].get_storage()
+def plan_generation(
+    resources: Resources, selection: Selection, styles: list[Style], settings: dict[str, Any], limit: int | None
+) -> GenerationPlan:
+    """Resolve the selection into (draft year, style) partitions, their configs and players; writes nothing."""
+    model = resources.gemini.model
+    current_year = resources.settings.current_draft_year
+    label = selection.label(current_year)
+    storage = resources.storage.get_storage()
     whole_class = selection.draft_year is not None or selection.cohort == "current_draft" or selection.all_players
-    with resources["database"].session() as db:
-        players = select_players(db, selection, current_year)
-        if options.limit is not None:
-            players = players[: options.limit]
+    with resources.database.session() as db:
+        players = select_players(db, selection, current_year)[:limit]
         if not players:
-            raise InvalidInput(f"{selection.label(current_year)}: no players match; import a roster first")
+            raise InvalidInput(no_players_message(db, selection, current_year))
         by_year: dict[str, list[int]] = defaultdict(list)
         for player in players:
-            by_year[draft_year_key(player.draft_year)].append(player.id)
-        plans = [
-            plan_partition(
-                db,
-                storage,
-                PartitionRequest(
-                    draft_year_key=year_key,
-                    style=style,
-                    image_size=image_size,
-                    missing_only=options.missing_only,
-                    player_ids=() if whole_class and options.limit is None else tuple(ids),
-                    run_key=options.run_key,
-                    notes=options.notes,
-                    cohort=selection.label(current_year),
-                    fetch_likeness=options.fetch_likeness,
-                    likeness_url=options.likeness_url,
-                ),
-                model,
+            by_year[queries.draft_year_key(player.draft_year)].append(player.id)
+        launches = []
+        for year_key, ids in sorted(by_year.items()):
+            config = PortraitRunConfig(
+                **settings, player_ids=[] if whole_class and limit is None else ids, cohort=label
             )
-            for year_key, ids in sorted(by_year.items())
-            for style in options.styles
-        ]
-    return GenerationPlan(label=selection.label(current_year), model=model, image_size=image_size, partitions=plans)
+            for style in styles:
+                request = partition_request(config, str(portrait_partition_key(year_key, style)), model)
+                launches.append(PartitionLaunch(config, plan_partition(db, storage, request, model)))
+    return GenerationPlan(label=label, model=model, image_size=settings["image_size"], partitions=launches)
+
+
+def no_players_message(db: Session, selection: Selection, current_year: int) -> str:
+    """Say what the selection resolved to and what the roster has, so the fix is obvious."""
+    known = queries.draft_year_keys(db)
+    if not known:
+        return f"{selection.label(current_year)}: no players match; the roster is empty: import one first"
+    resolved = (
+        f" (current_draft is {current_year}; set CURRENT_DRAFT_YEAR to change it)"
+        if (selection.cohort == "current_draft")
+        else ""
+    )
+    return f"{selection.label(current_year)}: no players match{resolved}; draft years in the roster: {', '.join(known)}"
 
 
 def render_plan(plan: GenerationPlan) -> str:
@@ -127,14 +118,15 @@ def render_plan(plan: GenerationPlan) -> str:
         f"Dry run for {plan.label}: model {plan.model}, size {plan.image_size}. Nothing generated, nothing written.",
         f"{'partition':<22}{'players':>8}{'generate':>10}{'skip':>6}{'est. cost':>12}",
     ]
-    for partition in plan.partitions:
+    for launch in plan.partitions:
+        partition = launch.plan
         total = len(partition.to_generate) + len(partition.skipped)
         lines.append(
-            f"{partition.request.partition_key:<22}{total:>8}{len(partition.to_generate):>10}"
+            f"{launch.partition_key:<22}{total:>8}{len(partition.to_generate):>10}"
             f"{len(partition.skipped):>6}{'$' + format(partition.estimated_cost_usd, '.2f'):>12}"
         )
-    generate = sum(len(partition.to_generate) for partition in plan.partitions)
-    skipped = sum(len(partition.skipped) for partition in plan.partitions)
+    generate = sum(len(launch.plan.to_generate) for launch in plan.partitions)
+    skipped = sum(len(launch.plan.skipped) for launch in plan.partitions)
     lines.append(
         f"{'total':<22}{generate + skipped:>8}{generate:>10}{skipped:>6}{'$' + format(plan.total_cost, '.2f'):>12}"
     )
@@ -163,25 +155,8 @@ class GenerationSummary:
         return [failure for partition in self.partitions for failure in partition.failures]
 
 
-def run_config(request: PartitionRequest) -> dict[str, Any]:
-    config = {
-        "missing_only": request.missing_only,
-        "player_ids": list(request.player_ids),
-        "run_key": request.run_key,
-        "image_size": request.image_size,
-        "notes": request.notes,
-        "fetch_likeness": request.fetch_likeness,
-        "likeness_url": request.likeness_url,
-        "cohort": request.cohort,
-    }
-    return {
-        "ops": {"player_portraits": {"config": {key: value for key, value in config.items() if value is not None}}},
-        "loggers": QUIET_LOGGERS,
-    }
-
-
 def run_generation(
-    instance: dg.DagsterInstance, resources: dict[str, Any], plan: GenerationPlan, *, interactive: bool
+    instance: dg.DagsterInstance, resources: Resources, plan: GenerationPlan, *, interactive: bool
 ) -> GenerationSummary:
     """One Dagster run per partition with work to do, on the persistent instance (visible in the UI)."""
     from portrait_pipeline.defs.definitions import defs
@@ -190,8 +165,8 @@ def run_generation(
     summaries: list[PartitionSummary] = []
     likeness_done: set[str] = set()
     with progress_display(interactive) as progress:
-        for partition in plan.partitions:
-            request = partition.request
+        for launch in plan.partitions:
+            partition, request = launch.plan, launch.plan.request
             if not partition.to_generate:
                 summaries.append(PartitionSummary(request.partition_key, "-", True, skipped=len(partition.skipped)))
                 continue
@@ -200,7 +175,7 @@ def run_generation(
                 # Describe references first, so the portraits' lineage shows where the likeness came from.
                 likeness_done.add(request.draft_year_key)
                 defs.resolve_job_def("likeness_job").execute_in_process(
-                    run_config=likeness_run_config(request),
+                    run_config=likeness_run_config(launch.config),
                     instance=instance,
                     partition_key=request.draft_year_key,
                     tags=CLI_TAGS,
@@ -209,7 +184,7 @@ def run_generation(
             run_id = str(uuid.uuid4())  # known before the run starts, so progress can follow it
             with watch_run(resources, run_id, request.partition_key, len(partition.to_generate), progress):
                 result = defs.resolve_job_def("portraits_job").execute_in_process(
-                    run_config=run_config(request),
+                    run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
                     instance=instance,
                     partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
                     run_id=run_id,
@@ -217,18 +192,19 @@ def run_generation(
                     raise_on_error=False,
                 )
             summaries.append(summarize_run(resources, request.partition_key, result.run_id, result.success))
-    storage = resources["storage"].get_storage().location
+    storage = resources.storage.get_storage().location
     return GenerationSummary(partitions=summaries, wall_time_s=time.monotonic() - started, storage=storage)
 
 
 CLI_TAGS = {"portrait/launched_by": "cli"}
 
 
-def likeness_run_config(request: PartitionRequest) -> dict[str, Any]:
-    config: dict[str, Any] = {"player_ids": list(request.player_ids)}
-    if request.likeness_url:
-        config["likeness_url"] = request.likeness_url
-    return {"ops": {"likeness_descriptions": {"config": config}}, "loggers": QUIET_LOGGERS}
+def likeness_run_config(config: PortraitRunConfig) -> dict[str, Any]:
+    likeness = LikenessRunConfig(player_ids=config.player_ids, likeness_url=config.likeness_url)
+    return {
+        "ops": {"likeness_descriptions": {"config": likeness.model_dump(exclude_unset=True)}},
+        "loggers": QUIET_LOGGERS,
+    }
 
 
 QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
@@ -243,8 +219,8 @@ class Progress:
     cost_usd: Decimal = Decimal("0")
 
 
-def read_progress(resources: dict[str, Any], run_id: str) -> Progress:
-    with resources["database"].session() as db:
+def read_progress(resources: Resources, run_id: str) -> Progress:
+    with resources.database.session() as db:
         rows = db.execute(
             select(PlayerImageAsset.status, func.count(), func.coalesce(func.sum(PlayerImageAsset.cost_usd), 0))
             .where(PlayerImageAsset.dagster_run_id == run_id)
@@ -310,7 +286,7 @@ def progress_display(interactive: bool) -> Iterator[ProgressDisplay]:
 
 @contextmanager
 def watch_run(
-    resources: dict[str, Any], run_id: str, partition_key: str, total: int, display: ProgressDisplay
+    resources: Resources, run_id: str, partition_key: str, total: int, display: ProgressDisplay
 ) -> Iterator[None]:
     """Poll the run's audit rows from a thread while the run executes in this one."""
     stop = threading.Event()
@@ -330,11 +306,11 @@ def watch_run(
         display.show(partition_key, total, read_progress(resources, run_id))
 
 
-def summarize_run(resources: dict[str, Any], partition_key: str, run_id: str, success: bool) -> PartitionSummary:
+def summarize_run(resources: Resources, partition_key: str, run_id: str, success: bool) -> PartitionSummary:
     """What a run did, from the audit rows it wrote."""
     summary = PartitionSummary(partition_key, run_id, success)
-    with resources["database"].session() as db:
-        snapshot = db.scalar(select(PlayerImageSnapshot).where(PlayerImageSnapshot.dagster_run_id == run_id))
+    with resources.database.session() as db:
+        snapshot = queries.snapshot_of_run(db, run_id)
         if snapshot is None:
             summary.failures.append((partition_key, "the run failed before it recorded anything (see its logs)"))
             return summary

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import roster
 from portrait_pipeline.audit.db import REPO_ROOT
 from portrait_pipeline.audit.models import Player
-from portrait_pipeline.cohorts import COHORTS, Selection, current_styles, draft_year_key, select_players
+from portrait_pipeline.audit.queries import current_styles, draft_year_key
+from portrait_pipeline.cohorts import COHORTS, Selection, select_players
 from portrait_pipeline.costs import IMAGE_SIZES
+from portrait_pipeline.defs.resources import DatabaseResource, Resources
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.styles import STYLES
 
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--size", default="1K", help=f"image size: {', '.join(IMAGE_SIZES)} (default 1K)")
     generate.add_argument("--run-key", help="unique run identifier; repeating it makes a new version")
     generate.add_argument("--dry-run", action="store_true", help="preview players and cost; write nothing")
-    generate.add_argument("--limit", type=int, help="max players to process")
+    generate.add_argument("--limit", type=_positive, help="max players to process")
     generate.add_argument("--notes", help="notes for this run")
     history = commands.add_parser("history", help="every generation of one player (the admin review)")
     history.add_argument("--player-id", type=int, required=True)
@@ -70,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="make an earlier generation current again (rollback)")
     promote.add_argument("--asset-id", type=int, required=True)
     return parser
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value}: use a positive number")
+    return int(value)
 
 
 def _add_selectors(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -95,29 +104,24 @@ def selection_of(args: argparse.Namespace) -> Selection:
 class Context:
     """What every command needs: the resources built from the environment, and the Dagster instance."""
 
-    resources: dict[str, Any]
-    instance: Any
+    resources: Resources
+    instance: dg.DagsterInstance
 
     @property
-    def database(self) -> Any:
-        return self.resources["database"]
+    def database(self) -> DatabaseResource:
+        return self.resources.database
 
 
 @contextmanager
 def open_context() -> Iterator[Context]:
-    import dagster as dg
-
-    from portrait_pipeline.defs.definitions import defs
-
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     try:
         instance = dg.DagsterInstance.get()
     except dg.DagsterInvalidConfigError as exc:
         raise ConfigurationError(f"Dagster instance in {os.environ['DAGSTER_HOME']}: {exc}") from None
-    resources = dict(defs.resources or {})
-    with instance, dg.build_resources(resources) as built:
-        yield Context(resources={key: getattr(built, key) for key in resources}, instance=instance)
+    with instance, Resources.from_env() as resources:
+        yield Context(resources=resources, instance=instance)
 
 
 def cmd_db(args: argparse.Namespace, ctx: Context) -> int:
@@ -145,8 +149,8 @@ def cmd_players_import(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_players_list(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.naming import available_styles
 
-    current_year = ctx.resources["settings"].current_draft_year
-    storage = ctx.resources["storage"].get_storage()
+    current_year = ctx.resources.settings.current_draft_year
+    storage = ctx.resources.storage.get_storage()
     with ctx.database.session() as db:
         players = select_players(db, selection_of(args), current_year)
         styles = current_styles(db, [player.id for player in players])
@@ -165,12 +169,13 @@ def cmd_players_list(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.cli import launch
 
-    plan = launch.plan_generation(ctx.resources, selection_of(args), launch.options_from_args(args))
+    styles = list(dict.fromkeys(launch.style_flag(value) for value in (args.style or ["default"])))
+    plan = launch.plan_generation(ctx.resources, selection_of(args), styles, launch.run_settings(args), args.limit)
     if args.dry_run:
         print(launch.render_plan(plan))
         return EXIT_OK
     try:
-        ctx.resources["storage"].get_storage().check_ready()
+        ctx.resources.storage.get_storage().check_ready()
     except StorageError as exc:
         raise ConfigurationError(str(exc)) from None
     summary = launch.run_generation(ctx.instance, ctx.resources, plan, interactive=sys.stdout.isatty())
@@ -213,7 +218,7 @@ def cmd_url(args: argparse.Namespace, ctx: Context) -> int:
     style = style_flag(args.style)
     with ctx.database.session() as db:
         player = _player(db, args.player_id)
-        print(image_assets_service.resolve_photo_url(db, ctx.resources["storage"].get_storage(), player, style))
+        print(image_assets_service.resolve_photo_url(db, ctx.resources.storage.get_storage(), player, style))
     return EXIT_OK
 
 
@@ -221,7 +226,7 @@ def cmd_promote(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.audit import serving as image_assets_service
 
     with ctx.database.session() as db:
-        asset = image_assets_service.promote_asset(db, ctx.resources["storage"].get_storage(), args.asset_id)
+        asset = image_assets_service.promote_asset(db, ctx.resources.storage.get_storage(), args.asset_id)
         print(f"asset {asset.id} is now the current {asset.style} image of player {asset.player_id}")
     return EXIT_OK
 

@@ -1,22 +1,18 @@
-"""Dagster assets: the shell around portraits.py; each asset reads config and resources, then calls the core."""
+"""Dagster assets: thin shells that read config and resources, call the core, and show what it returns."""
 
 import asyncio
 import base64
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import images
-from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player
-from portrait_pipeline.cohorts import players_in_draft_year
-from portrait_pipeline.costs import parse_image_size
+from portrait_pipeline.audit.queries import players_in_draft_year
+from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import draft_years, portrait_partitions
 from portrait_pipeline.defs.resources import (
     DatabaseResource,
@@ -25,60 +21,11 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     generation_service,
 )
-from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
-from portrait_pipeline.generation.engine import BatchLimits, PlayerOutcome
-from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition, run_partition
+from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.generation.engine import PlayerOutcome
+from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.likeness import LikenessService
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
-from portrait_pipeline.roster import check_reference_url
-from portrait_pipeline.styles import parse_style
-
-PREVIEW_WIDTH = 480
-
-
-class PortraitRunConfig(dg.Config):
-    """The seed's per-run knobs; every field can be set in the launchpad."""
-
-    missing_only: bool = Field(default=False, description="Skip players who already have an image")
-    player_ids: list[int] = Field(default=[], description="Only these players of the partition")
-    limit: int | None = Field(default=None, ge=1, description="At most this many players")
-    run_key: str | None = Field(default=None, description="Snapshot run key; repeated keys get a new version")
-    image_size: str = Field(default="1K", description="512, 1K, 2K (4K where the model has it)")
-    notes: str | None = Field(default=None, description="Notes stored on the snapshot")
-    dry_run: bool = Field(default=False, description="Plan and estimate only: nothing generated or written")
-    fetch_likeness: bool = Field(default=False, description="Use reference-photo descriptions in the prompt")
-    likeness_url: str | None = Field(default=None, description="Reference URL for a single-player run")
-    cohort: str | None = Field(default=None, description="Cohort label recorded on the snapshot")
-    max_cost_usd: float | None = Field(default=None, ge=0, description="Stop starting calls past this spend")
-    max_consecutive_failures: int = Field(default=10, ge=1, description="Circuit breaker: failures in a row")
-
-
-def partition_request(context: dg.AssetExecutionContext, config: PortraitRunConfig, model: str) -> PartitionRequest:
-    """Validate the run config against the partition; raise InvalidInput naming the bad field."""
-    dims = context.partition_key.keys_by_dimension
-    if config.likeness_url is not None and len(config.player_ids) != 1:
-        raise InvalidInput("likeness_url needs exactly one player in player_ids")
-    return PartitionRequest(
-        draft_year_key=dims["draft_year"],
-        style=parse_style(dims["style"]),
-        image_size=parse_image_size(config.image_size, model),
-        missing_only=config.missing_only,
-        player_ids=tuple(config.player_ids),
-        limit=config.limit,
-        run_key=config.run_key,
-        notes=config.notes,
-        cohort=config.cohort,
-        fetch_likeness=config.fetch_likeness or config.likeness_url is not None,
-        likeness_url=check_reference_url(config.likeness_url),
-        dagster_run_id=context.run.run_id,
-    )
-
-
-class LikenessRunConfig(dg.Config):
-    """Which players to describe; a single player may get an explicit reference URL."""
-
-    player_ids: list[int] = Field(default=[], description="Only these players of the draft year")
-    likeness_url: str | None = Field(default=None, description="Reference URL for a single-player run")
 
 
 @dg.asset(
@@ -95,9 +42,6 @@ def likeness_descriptions(
     likeness: LikenessResource,
 ) -> dg.MaterializeResult:
     """Neutral descriptions of each player's reference photo, made once per photo content by the vision model."""
-    if config.likeness_url is not None and len(config.player_ids) != 1:
-        raise InvalidInput("likeness_url needs exactly one player in player_ids")
-    check_reference_url(config.likeness_url)
     service = LikenessService(gemini.describer(), likeness.policy())
     with database.session() as db:
         players = players_in_draft_year(db, context.partition_key, config.player_ids)
@@ -165,64 +109,37 @@ def player_portraits(
     likeness: LikenessResource,
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
-    engine = database.check()
-    image_storage = storage.get_storage()
-    model = gemini.model
-    request = partition_request(context, config, model)
+    request = partition_request(config, context.partition_key, gemini.model, context.run.run_id)
     if config.dry_run:
         with database.session() as db:
-            plan = plan_partition(db, image_storage, request, model)
+            plan = plan_partition(db, storage.get_storage(), request, gemini.model)
         context.log.info(f"dry run: {len(plan.to_generate)} to generate, {len(plan.skipped)} skipped")
         yield dg.AssetObservation(
-            asset_key=context.asset_key,
-            partition=context.partition_key,
-            metadata={
-                "dry_run": True,
-                "would_generate": len(plan.to_generate),
-                "would_skip": len(plan.skipped),
-                "model": plan.model,
-                "image_size": request.image_size,
-                "estimated_cost_usd": float(plan.estimated_cost_usd),
-            },
+            asset_key=context.asset_key, partition=context.partition_key, metadata=dry_run_metadata(plan)
         )
         return
-
-    image_storage.check_ready()
-    with database.session() as db:
-        interrupted = audit.close_interrupted_snapshots(db, request.partition_key, partial(run_has_ended, context))
-        sheet = images.ContactSheet(capacity=len(players_in_draft_year(db, request.draft_year_key)))
-    for snapshot in interrupted:
-        context.log.warning(
-            f"snapshot {snapshot.run_key} v{snapshot.version} was left running by run {snapshot.dagster_run_id}, "
-            f"which has ended: marked interrupted ({snapshot.success_count} images committed)"
-        )
+    storage.get_storage().check_ready()
     if not gemini.uses_gemini:
         context.log.info(
             "No GEMINI_API_KEY: the offline renderer draws placeholder posters (model offline-renderer, $0)"
         )
-    if request.fetch_likeness and not gemini.uses_gemini:
-        context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
-    service = generation_service(storage, gemini, likeness, sheet)
-    limits = BatchLimits(
-        max_concurrency=gemini.max_concurrency,
-        max_consecutive_failures=config.max_consecutive_failures,
-        max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
-    )
+        if request.fetch_likeness:
+            context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
     progress = ProgressLog(context.log)
-    result = run_partition(engine, service, request, limits, on_outcome=progress)
+    result = run_partition(
+        database.check(),
+        generation_service(storage, gemini, likeness),
+        request,
+        max_concurrency=gemini.max_concurrency,
+        run_has_ended=partial(run_has_ended, context),
+        on_outcome=progress,
+    )
     progress.finish()
-    problems = [problem for problem in (result.stopped if result.tripped else None, result.closing_error) if problem]
-    if problems:
-        raise dg.Failure(
-            description=f"{'; '.join(problems)}; {len(result.failed)} failed", metadata=summary_metadata(result)
-        )
-    if result.failed and not result.generated:
-        raise dg.Failure(
-            description=f"every player failed ({len(result.failed)}): {result.failed[0].reason}",
-            metadata=summary_metadata(result),
-        )
-    preview = preview_metadata(result, storage, sheet)
-    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview})
+    for note in result.notes:
+        context.log.warning(note)
+    if result.failure is not None:
+        raise dg.Failure(description=result.failure, metadata=summary_metadata(result))
+    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result)})
 
 
 def run_has_ended(context: dg.AssetExecutionContext, run_id: str) -> bool:
@@ -263,6 +180,17 @@ class ProgressLog:
         self.log.info(f"{self.stored} stored, {self.failed} failed {when} ({elapsed:.1f} s, {rate:.1f} images/s)")
 
 
+def dry_run_metadata(plan: PartitionPlan) -> dict[str, Any]:
+    return {
+        "dry_run": True,
+        "would_generate": len(plan.to_generate),
+        "would_skip": len(plan.skipped),
+        "model": plan.model,
+        "image_size": plan.request.image_size,
+        "estimated_cost_usd": float(plan.estimated_cost_usd),
+    }
+
+
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
     request = result.plan.request
     return {
@@ -283,50 +211,57 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "estimated_cost_usd": float(result.plan.estimated_cost_usd),
         "cost_usd": float(result.cost_usd),
         "token_cost_usd": float(result.token_cost_usd),
-        "players": dg.MetadataValue.md(run_table(result)),
+        "players": player_table(result),
         "wall_time_s": round(result.wall_time_s, 2),
         "system_prompt": dg.MetadataValue.text(SYSTEM_PROMPT),
         "style_block": dg.MetadataValue.text(STYLE_BLOCKS[request.style]),
     }
 
 
-def contact_sheet_key(draft_year_key: str, style: str) -> str:
-    return f"contact-sheets/{style}/{draft_year_key}.png"
-
-
-def preview_metadata(
-    result: PartitionResult, storage: ImageStorageResource, sheet: images.ContactSheet
-) -> dict[str, Any]:
-    """The partition's contact sheet, stored next to the images, linked full size and inlined small."""
-    image_storage = storage.get_storage()
-    if not result.portraits:
+def preview_metadata(result: PartitionResult) -> dict[str, Any]:
+    """The partition's contact sheet: linked full size, inlined small."""
+    if result.contact_sheet is None or result.preview_png is None:
         return {"preview": dg.MetadataValue.md("_no images in this partition yet_")}
-    composed = sheet.compose(
-        [images.Tile(p.display_name, p.sha256, partial(image_storage.get, p.key)) for p in result.portraits]
-    )
-    request = result.plan.request
-    stored = image_storage.put(
-        contact_sheet_key(request.draft_year_key, request.style), images.to_png(composed, {}), immutable=False
-    )
-    encoded = base64.b64encode(images.thumbnail_png(composed, PREVIEW_WIDTH)).decode()
+    encoded = base64.b64encode(result.preview_png).decode()
     return {
-        "storage": image_storage.location,
-        "contact_sheet": dg.MetadataValue.url(stored.public_url),
+        "contact_sheet": dg.MetadataValue.url(result.contact_sheet.public_url),
         "preview": dg.MetadataValue.md(f"![contact sheet](data:image/png;base64,{encoded})"),
     }
 
 
-def run_table(result: PartitionResult) -> str:
-    """Every player the run attempted: status, prompt version, likeness used, time, cost, image."""
-    lines = [
-        "| player | status | prompt | likeness (sha256, reference) | seconds | cost | image |",
-        "|---|---|---|---|---|---|---|",
+PLAYER_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("player_id", "int"),
+        dg.TableColumn("slug", "string"),
+        dg.TableColumn("player", "string"),
+        dg.TableColumn("status", "string"),
+        dg.TableColumn("reason", "string"),
+        dg.TableColumn("prompt_version", "string"),
+        dg.TableColumn("likeness_sha256", "string", description="reference photo the description came from"),
+        dg.TableColumn("seconds", "float"),
+        dg.TableColumn("cost_usd", "float"),
+        dg.TableColumn("image", "string", description="the image's URL"),
     ]
-    for outcome in sorted(result.outcomes, key=lambda o: o.player_id):
-        likeness = f"`{outcome.likeness_sha256[:12]}` {outcome.reference_url}" if outcome.likeness_sha256 else "no"
-        image = f"[png]({outcome.public_url})" if outcome.public_url else (outcome.reason or "").replace("|", "/")
-        lines.append(
-            f"| {outcome.display_name} | {outcome.status} | {SYSTEM_PROMPT_VERSION} | {likeness} "
-            f"| {outcome.seconds:.2f} | ${outcome.cost_usd:.3f} | {image} |"
+)
+
+
+def player_table(result: PartitionResult) -> dg.TableMetadataValue:
+    """Every player the run attempted, by id (two players may share a name): status, reason, cost, image."""
+    records = [
+        dg.TableRecord(
+            {
+                "player_id": outcome.player_id,
+                "slug": outcome.slug,
+                "player": outcome.display_name,
+                "status": outcome.status,
+                "reason": outcome.reason or "",
+                "prompt_version": SYSTEM_PROMPT_VERSION,
+                "likeness_sha256": (outcome.likeness_sha256 or "")[:16],
+                "seconds": round(outcome.seconds, 2),
+                "cost_usd": float(outcome.cost_usd),
+                "image": outcome.public_url or "",
+            }
         )
-    return "\n".join(lines)
+        for outcome in sorted(result.outcomes, key=lambda o: o.player_id)
+    ]
+    return dg.MetadataValue.table(records, schema=PLAYER_COLUMNS)

@@ -8,11 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year
+from portrait_pipeline.audit import queries
+from portrait_pipeline.audit.models import Player, PlayerImageAsset
 from portrait_pipeline.costs import TARGET_DIMENSIONS
 from portrait_pipeline.defs.assets import player_portraits
-from portrait_pipeline.defs.partitions import portrait_partitions
+from portrait_pipeline.defs.partitions import portrait_partitions, split_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.storage import ImageStorage, sha256_hex
@@ -67,21 +67,12 @@ class FailureRate:
 
 def current_images(db: Session, draft_year_key: str, style: str) -> list[StoredImage]:
     """Every current image of a (draft year, style) partition, in player order."""
-    draft_year = parse_draft_year_key(draft_year_key)
-    rows = db.execute(
-        select(PlayerImageAsset, PlayerImageSnapshot.image_size, Player.display_name)
-        .join(PlayerImageSnapshot, PlayerImageSnapshot.id == PlayerImageAsset.snapshot_id)
-        .join(Player, Player.id == PlayerImageAsset.player_id)
-        .where(
-            Player.draft_year.is_(None) if draft_year is None else Player.draft_year == draft_year,
-            PlayerImageAsset.style == style,
-            PlayerImageAsset.is_current.is_(True),
-        )
-        .order_by(Player.id)
-    ).all()
     return [
-        StoredImage(asset.id, asset.player_id, name, asset.s3_key or "", asset.content_sha256, size)
-        for asset, size, name in rows
+        StoredImage(asset.id, asset.player_id, player.display_name, asset.s3_key or "", asset.content_sha256, size)
+        for asset, player, size in (
+            (asset, player, snapshot.image_size)
+            for asset, player, snapshot in queries.current_images(db, draft_year_key, style)
+        )
     ]
 
 
@@ -121,26 +112,9 @@ def image_problems(storage: ImageStorage, row: StoredImage) -> list[str]:
     return reasons
 
 
-def latest_snapshot(db: Session, draft_year_key: str, style: str) -> PlayerImageSnapshot | None:
-    """The partition's current snapshot: the last finished run for its draft year and style."""
-    draft_year = parse_draft_year_key(draft_year_key)
-    return db.scalar(
-        select(PlayerImageSnapshot)
-        .where(
-            PlayerImageSnapshot.draft_year.is_(None)
-            if draft_year is None
-            else PlayerImageSnapshot.draft_year == draft_year,
-            PlayerImageSnapshot.style == style,
-            PlayerImageSnapshot.is_current.is_(True),
-        )
-        .order_by(PlayerImageSnapshot.id.desc())
-        .limit(1)
-    )
-
-
 def failure_rate(db: Session, draft_year_key: str, style: str) -> FailureRate | None:
     """Failed/attempted in the partition's latest snapshot, counted from its asset rows; None before any run."""
-    snapshot = latest_snapshot(db, draft_year_key, style)
+    snapshot = queries.latest_snapshot(db, draft_year_key, style)
     if snapshot is None:
         return None
     rows = db.execute(
@@ -157,26 +131,13 @@ def failure_rate(db: Session, draft_year_key: str, style: str) -> FailureRate | 
 
 def missing_players(db: Session, draft_year_key: str, style: str) -> list[Player]:
     """Players of the draft year without a current image for the style, according to the audit."""
-    players = players_in_draft_year(db, draft_year_key)
-    covered = set(
-        db.scalars(
-            select(PlayerImageAsset.player_id).where(
-                PlayerImageAsset.player_id.in_([player.id for player in players]),
-                PlayerImageAsset.style == style,
-                PlayerImageAsset.is_current.is_(True),
-            )
-        )
-    )
+    players = queries.players_in_draft_year(db, draft_year_key)
+    covered = queries.players_with_current_image(db, style, [player.id for player in players])
     return [player for player in players if player.id not in covered]
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
-    # A check-only run (launched from the check's page) carries the key as a plain "2025|default" tag.
-    key = context.partition_key
-    if not isinstance(key, dg.MultiPartitionKey):
-        key = portrait_partitions.get_partition_key_from_str(key)
-    dims = key.keys_by_dimension
-    return dims["draft_year"], dims["style"]
+    return split_partition_key(context.partition_key)
 
 
 @dg.asset_check(asset=player_portraits, partitions_def=portrait_partitions, blocking=True)
@@ -235,7 +196,7 @@ def coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource)
     """Every player of the draft year has a current image in the partition's style."""
     draft_year_key, style = _partition(context)
     with database.session() as db:
-        population = len(players_in_draft_year(db, draft_year_key))
+        population = len(queries.players_in_draft_year(db, draft_year_key))
         missing = missing_players(db, draft_year_key, style)
     return dg.AssetCheckResult(
         passed=not missing,

@@ -6,14 +6,12 @@ from dataclasses import asdict
 
 import dagster as dg
 
+from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.defs.resources import ImageStorageResource
 from portrait_pipeline.errors import StorageError
 from portrait_pipeline.generation.partition import Portrait
+from portrait_pipeline.naming import partition_index_key
 from portrait_pipeline.storage import ImageStorage
-
-
-def index_key(draft_year_key: str, style: str) -> str:
-    return f"portraits/{style}/_partitions/{draft_year_key}.json"
 
 
 class StoredPortraits(Mapping[int, bytes]):
@@ -44,8 +42,7 @@ class PortraitIOManager(dg.ConfigurableIOManager):
         missing = [portrait.key for portrait in obj if not storage.exists(portrait.key)]
         if missing:
             raise StorageError(f"{len(missing)} portrait(s) missing from {storage.location}: {missing[:5]}")
-        draft_year_key, style = _dimensions(context.partition_key)
-        key = index_key(draft_year_key, style)
+        key = partition_index_key(*split_partition_key(context.partition_key))
         payload = json.dumps([asdict(portrait) for portrait in obj], indent=1).encode()
         stored = storage.put(key, payload, immutable=False, content_type="application/json")
         context.add_output_metadata(
@@ -63,15 +60,7 @@ class PortraitIOManager(dg.ConfigurableIOManager):
         storage = self.storage.get_storage()
         portraits: list[Portrait] = []
         for partition_key in context.asset_partition_keys:
-            key = index_key(*_dimensions(partition_key))
+            key = partition_index_key(*split_partition_key(partition_key))
             if storage.exists(key):
                 portraits.extend(Portrait(**row) for row in json.loads(storage.get(key)))
         return StoredPortraits(storage, portraits)
-
-
-def _dimensions(partition_key: str) -> tuple[str, str]:
-    if isinstance(partition_key, dg.MultiPartitionKey):
-        dims = partition_key.keys_by_dimension
-        return dims["draft_year"], dims["style"]
-    draft_year_key, _, style = partition_key.partition("|")
-    return draft_year_key, style

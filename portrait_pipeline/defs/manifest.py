@@ -8,12 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.models import Player, PlayerImageAsset
-from portrait_pipeline.audit.serving import as_utc
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.naming import MANIFEST_KEY
 from portrait_pipeline.storage import ImageStorage
 
-MANIFEST_KEY = "manifests/portraits.json"
 MANIFEST_VERSION = 1
 
 
@@ -36,7 +35,7 @@ def build_manifest(db: Session, storage: ImageStorage) -> dict[str, Any]:
             "sha256": asset.content_sha256,
             "width": asset.width,
             "height": asset.height,
-            "updated": as_utc(asset.created_at).isoformat(),
+            "updated": asset.created_at.isoformat(),
         }
     return {"version": MANIFEST_VERSION, "count": len(rows), "players": list(players.values())}
 

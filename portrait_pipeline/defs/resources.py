@@ -6,28 +6,28 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dagster as dg
 from botocore.config import Config
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
 from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL
-from portrait_pipeline.errors import ConfigurationError
+from portrait_pipeline.errors import ConfigurationError, InvalidInput
 from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy
 from portrait_pipeline.generation.offline import OfflineRenderer
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.generation.renderer import Renderer
-from portrait_pipeline.images import ContactSheet
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
-from portrait_pipeline.styles import STYLES, Style, parse_style
+from portrait_pipeline.styles import Style, parse_style
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,19 @@ class GeminiResource(dg.ConfigurableResource):
 class DatabaseResource(dg.ConfigurableResource):
     """The app's database (players and the audit trail): SQLite by default, PostgreSQL in production."""
 
-    url: str = Field(default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL; env DATABASE_URL.")
+    url: str = Field(default=DEFAULT_DATABASE_URL, description="DATABASE_URL: a SQLAlchemy URL")
 
     @property
     def engine(self) -> Engine:
         return engine_for(self.url)
 
+    _migrated: bool = PrivateAttr(default=False)
+
     def check(self) -> Engine:
-        """The engine, after making sure the schema is migrated (a clear error otherwise)."""
-        check_migrated(self.engine)
+        """The engine, after making sure the schema is migrated (a clear error otherwise); checked once."""
+        if not self._migrated:
+            check_migrated(self.engine)
+            self._migrated = True
         return self.engine
 
     @contextmanager
@@ -217,107 +221,107 @@ class PortraitSettings(dg.ConfigurableResource):
     current_draft_year: int = Field(
         default_factory=default_current_draft_year, description="CURRENT_DRAFT_YEAR; default: the next June draft"
     )
-    sensor_styles: list[str] = Field(default=["default"], description="PORTRAIT_SENSOR_STYLES, comma-separated")
+    sensor_styles: str = Field(default="default", description="PORTRAIT_SENSOR_STYLES, comma-separated")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
 
     def automated_styles(self) -> list[Style]:
-        return [parse_style(style) for style in self.sensor_styles]
+        """The styles the sensor and the schedules fill."""
+        names = [name.strip() for name in self.sensor_styles.split(",") if name.strip()]
+        try:
+            return [parse_style(name) for name in names]
+        except InvalidInput as exc:
+            raise ConfigurationError(f"PORTRAIT_SENSOR_STYLES={self.sensor_styles!r}: {exc}") from None
 
 
-def _env_bool(name: str) -> bool | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{name}={value!r}: write true or false")
-
-
-def _env_secret(name: str) -> Any:
-    """Secrets stay `EnvVar`s, so Dagster shows the variable's name, never its value."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+# Every setting a deployment makes through the environment (the seed's names): resource → field → variable.
+ENVIRONMENT: dict[str, dict[str, str]] = {
+    "database": {"url": "DATABASE_URL"},
+    "storage": {
+        "local": "IMAGE_STORAGE_LOCAL",
+        "local_dir": "IMAGE_LOCAL_DIR",
+        "bucket_name": "S3_BUCKET_NAME",
+        "region": "S3_REGION",
+        "access_key_id": "S3_ACCESS_KEY_ID",
+        "secret_access_key": "S3_SECRET_ACCESS_KEY",
+        "public_url_base": "S3_PUBLIC_URL_BASE",
+        "endpoint_url": "S3_ENDPOINT_URL",
+    },
+    "gemini": {
+        "api_key": "GEMINI_API_KEY",
+        "base_url": "GEMINI_BASE_URL",
+        "image_model": "GEMINI_IMAGE_MODEL",
+        "vision_model": "GEMINI_VISION_MODEL",
+        "max_concurrency": "GEMINI_MAX_CONCURRENCY",
+        "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
+        "renderer_choice": "PORTRAIT_RENDERER",
+    },
+    "settings": {"current_draft_year": "CURRENT_DRAFT_YEAR", "sensor_styles": "PORTRAIT_SENSOR_STYLES"},
+    "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
+    "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
+}
+RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
+    "database": DatabaseResource,
+    "storage": ImageStorageResource,
+    "gemini": GeminiResource,
+    "settings": PortraitSettings,
+    "likeness": LikenessResource,
+    "quality": QualitySettings,
+}
 
 
 def resources_from_env() -> dict[str, Any]:
-    """The one place environment variables become configuration (the seed's names)."""
-    env = os.environ
-    storage = ImageStorageResource(
-        local=_env_bool("IMAGE_STORAGE_LOCAL"),
-        local_dir=env.get("IMAGE_LOCAL_DIR") or str(DEFAULT_IMAGE_DIR),
-        bucket_name=env.get("S3_BUCKET_NAME") or None,
-        region=env.get("S3_REGION") or "us-east-1",
-        access_key_id=_env_secret("S3_ACCESS_KEY_ID"),
-        secret_access_key=_env_secret("S3_SECRET_ACCESS_KEY"),
-        public_url_base=env.get("S3_PUBLIC_URL_BASE") or None,
-        endpoint_url=env.get("S3_ENDPOINT_URL") or None,
-    )
-    settings = PortraitSettings(
-        current_draft_year=_env_int("CURRENT_DRAFT_YEAR", default_current_draft_year()),
-        **({"sensor_styles": _env_list("PORTRAIT_SENSOR_STYLES")} if env.get("PORTRAIT_SENSOR_STYLES") else {}),
-    )
-    return {
-        "database": DatabaseResource(url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
-        "storage": storage,
-        "gemini": GeminiResource(
-            api_key=_env_secret("GEMINI_API_KEY"),
-            base_url=env.get("GEMINI_BASE_URL") or None,
-            image_model=env.get("GEMINI_IMAGE_MODEL") or DEFAULT_IMAGE_MODEL,
-            vision_model=env.get("GEMINI_VISION_MODEL") or DEFAULT_VISION_MODEL,
-            max_concurrency=_env_int("GEMINI_MAX_CONCURRENCY", 8),
-            requests_per_minute=_env_int("GEMINI_REQUESTS_PER_MINUTE", 60),
-            renderer_choice=_env_choice("PORTRAIT_RENDERER", RENDERER_CHOICES),
-        ),
-        "settings": settings,
-        "likeness": LikenessResource(allow_hosts=env.get("LIKENESS_FETCH_ALLOW_HOSTS") or None),
-        "quality": QualitySettings(max_failure_rate=_env_float("PORTRAIT_MAX_FAILURE_RATE", DEFAULT_MAX_FAILURE_RATE)),
-    }
+    """The one place environment variables become configuration.
+
+    Text settings (URLs, keys, bucket names, paths) are `dg.EnvVar`s, so Dagster stores and shows only the
+    variable's name, never a value such as the password in DATABASE_URL. Numbers, switches and choices are not
+    secrets: pydantic reads them from the variable's text ("8", "true", "0.1") and checks them here.
+    """
+    return {key: _resource_from_env(key) for key in RESOURCE_TYPES}
 
 
-def _env_choice(name: str, choices: tuple[RendererChoice, ...]) -> RendererChoice:
-    value = os.environ.get(name) or choices[0]
-    for choice in choices:
-        if value == choice:
-            return choice
-    raise ConfigurationError(f"{name}={value!r}: choose {', '.join(choices)}")
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
+def _resource_from_env(key: str) -> dg.ConfigurableResource:
+    cls, variables = RESOURCE_TYPES[key], ENVIRONMENT[key]
+    values: dict[str, Any] = {}
+    for field, name in variables.items():
+        value = os.environ.get(name)
+        if value:
+            text = cls.model_fields[field].annotation in (str, str | None)
+            values[field] = dg.EnvVar(name) if text else value.strip()
     try:
-        return float(value)
-    except ValueError:
-        raise ConfigurationError(f"{name}={value!r}: expected a number like 0.1") from None
+        return cls(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{variables[str(error['loc'][0])]}={os.environ.get(variables[str(error['loc'][0])])!r}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise ConfigurationError("; ".join(problems)) from None
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(f"{name}={value!r}: expected a whole number") from None
+@dataclass(frozen=True)
+class Resources:
+    """Every resource, configured and set up: what the CLI and scripts use outside a Dagster run."""
 
+    database: DatabaseResource
+    storage: ImageStorageResource
+    gemini: GeminiResource
+    settings: PortraitSettings
+    likeness: LikenessResource
+    quality: QualitySettings
 
-def _env_list(name: str) -> list[str]:
-    values = [part.strip() for part in os.environ[name].split(",") if part.strip()]
-    unknown = [value for value in values if value not in STYLES]
-    if unknown:
-        raise ConfigurationError(f"{name}: unknown style(s) {', '.join(unknown)}; choose {', '.join(STYLES)}")
-    return values
+    @classmethod
+    @contextmanager
+    def from_env(cls) -> Iterator[Resources]:
+        """Build the environment's resources as Dagster would for a run (EnvVars resolved, setup done)."""
+        with dg.build_resources(resources_from_env()) as built:
+            yield cls(**{name: getattr(built, name) for name in RESOURCE_TYPES})
 
 
 def generation_service(
-    storage: ImageStorageResource,
-    gemini: GeminiResource,
-    likeness: LikenessResource,
-    contact_sheet: ContactSheet | None = None,
+    storage: ImageStorageResource, gemini: GeminiResource, likeness: LikenessResource
 ) -> ImageGenerationService:
     """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
     describer = gemini.describer()
     source = LikenessService(describer, likeness.policy()).for_generation if describer else None
-    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, contact_sheet)
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source)

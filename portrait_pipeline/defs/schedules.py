@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import dagster as dg
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.cohorts import Selection, draft_year_key, select_players
+from portrait_pipeline.audit.queries import draft_year_key
+from portrait_pipeline.cohorts import Selection, select_players
 from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.config import PortraitRunConfig
 from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
+from portrait_pipeline.naming import partition_label
 
 # Mondays 06:00 UTC, May to July: the lottery, the combine, withdrawals and the June draft keep changing the class.
 DRAFT_CLASS_BACKFILL_CRON = "0 6 * 5-7 1"
@@ -40,13 +42,13 @@ def ensure_draft_years(instance: dg.DagsterInstance, keys: Sequence[str]) -> Non
 
 
 def tick_run_request(
-    schedule_name: str, tick: datetime, draft_year: str, style: str, config: dict[str, Any]
+    schedule_name: str, tick: datetime, draft_year: str, style: str, config: PortraitRunConfig
 ) -> dg.RunRequest:
     """One run per partition per tick: the tick's time in the run key lets the next tick run it again."""
     return dg.RunRequest(
-        run_key=f"{schedule_name}:{draft_year}|{style}:{tick.isoformat()}",
+        run_key=f"{schedule_name}:{partition_label(draft_year, style)}:{tick.isoformat()}",
         partition_key=portrait_partition_key(draft_year, style),
-        run_config={"ops": {"player_portraits": {"config": config}}},
+        run_config=config.run_config(),
         tags={"portrait/launched_by": schedule_name},
     )
 
@@ -69,7 +71,7 @@ def draft_class_backfill(
     if not by_year:
         return dg.SkipReason(f"no players in the {year} draft class: import the roster first")
     ensure_draft_years(context.instance, list(by_year))
-    config = {"missing_only": True, "cohort": selection.label(year)}
+    config = PortraitRunConfig(missing_only=True, cohort=selection.label(year))
     return [
         tick_run_request("draft_class_backfill", context.scheduled_execution_time, key, style, config)
         for key in by_year
@@ -101,7 +103,7 @@ def nba_refresh(
             context.scheduled_execution_time,
             key,
             style,
-            {"missing_only": True, "player_ids": ids, "cohort": label},
+            PortraitRunConfig(missing_only=True, player_ids=ids, cohort=label),
         )
         for key, ids in by_year.items()
         for style in settings.automated_styles()

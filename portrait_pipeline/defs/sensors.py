@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit.models import Player, PlayerImageAsset
-from portrait_pipeline.cohorts import UNDRAFTED, draft_year_key, parse_draft_year_key
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, as_utc
+from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current
 from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.config import PortraitRunConfig
 from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
 from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.naming import partition_label
 from portrait_pipeline.styles import Style
 
 SENSOR_RUN_KEY_PREFIX = "new_prospects"
@@ -60,7 +62,8 @@ class PartitionNeed:
     @property
     def run_key(self) -> str:
         """The same change always gives the same key, so Dagster launches its run once."""
-        return f"{SENSOR_RUN_KEY_PREFIX}:{self.draft_year_key}|{self.style}:{self.changed_through.isoformat()}"
+        partition = partition_label(self.draft_year_key, self.style)
+        return f"{SENSOR_RUN_KEY_PREFIX}:{partition}:{self.changed_through.isoformat()}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,6 @@ class PendingPartitions:
     draft_year_keys: list[str]
     needs: list[PartitionNeed]
     cursor: ChangeCursor | None
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive UTC times, PostgreSQL aware ones in the session's zone: compare them as UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _after(cursor: ChangeCursor) -> ColumnElement[bool]:
@@ -92,22 +90,13 @@ def _through(cursor: ChangeCursor) -> ColumnElement[bool]:
     )
 
 
-def _in_draft_years(keys: Sequence[str]) -> ColumnElement[bool]:
-    """Players of these draft-year keys; needs at least one key."""
-    years = [year for year in map(parse_draft_year_key, keys) if year is not None]
-    conditions = [Player.draft_year.in_(years)] if years else []
-    if UNDRAFTED in keys:
-        conditions.append(Player.draft_year.is_(None))
-    return or_(*conditions)
-
-
 def latest_change(session: Session, since: ChangeCursor | None) -> ChangeCursor | None:
     """The newest player change after `since`, or None when nothing changed."""
     query = select(Player.updated_at, Player.id).order_by(Player.updated_at.desc(), Player.id.desc()).limit(1)
     if since is not None:
         query = query.where(_after(since))
     row = session.execute(query).first()
-    return None if row is None else ChangeCursor(updated_at=as_utc(row.updated_at), player_id=row.id)
+    return None if row is None else ChangeCursor(updated_at=row.updated_at, player_id=row.id)
 
 
 def changed_draft_years(session: Session, since: ChangeCursor | None, through: ChangeCursor) -> dict[str, datetime]:
@@ -115,21 +104,17 @@ def changed_draft_years(session: Session, since: ChangeCursor | None, through: C
     query = select(Player.draft_year, func.max(Player.updated_at)).where(_through(through)).group_by(Player.draft_year)
     if since is not None:
         query = query.where(_after(since))
-    return {draft_year_key(year): as_utc(latest) for year, latest in session.execute(query)}
+    return {draft_year_key(year): latest for year, latest in session.execute(query)}
 
 
 def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -> dict[str, tuple[int, bool]]:
     """Per draft year: how many players lack a current image in `style`, and whether any of them has a reference."""
     if not keys:
         return {}
-    has_current = exists().where(
-        PlayerImageAsset.player_id == Player.id,
-        PlayerImageAsset.style == style,
-        PlayerImageAsset.is_current.is_(True),
-    )
+    has_current = exists().where(PlayerImageAsset.player_id == Player.id, is_current(style))
     query = (
         select(Player.draft_year, func.count(), func.count(Player.reference_image_url))
-        .where(_in_draft_years(keys), ~has_current)
+        .where(in_draft_years(Player.draft_year, keys), ~has_current)
         .group_by(Player.draft_year)
     )
     return {draft_year_key(year): (missing, refs > 0) for year, missing, refs in session.execute(query)}
@@ -155,11 +140,11 @@ def pending_partitions(session: Session, since: ChangeCursor | None, styles: Seq
 
 def run_request(need: PartitionNeed) -> dg.RunRequest:
     """Missing-only, so a run that starts late or twice only fills the gaps still open."""
-    config = {"missing_only": True, "fetch_likeness": need.with_reference}
+    config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference)
     return dg.RunRequest(
         run_key=need.run_key,
         partition_key=portrait_partition_key(need.draft_year_key, need.style),
-        run_config={"ops": {"player_portraits": {"config": config}}},
+        run_config=config.run_config(),
         tags={"portrait/launched_by": "new_prospects_sensor"},
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.costs import ImageSize, price
-from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.generation.player import ImageGenerationService, ImageHook
 from portrait_pipeline.styles import Style
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class PlayerOutcome:
     likeness_sha256: str | None = None
     reference_url: str | None = None
     output_tokens: int | None = None
+    slug: str = ""  # two players may share a display name; the slug tells them apart
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class BatchJob:
     image_size: ImageSize
     fetch_likeness: bool = False
     likeness_url: str | None = None
+    on_image: ImageHook | None = None  # sees each image while decoded (the contact sheet's thumbnails)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ async def _generate_one(
                 image_size=job.image_size,
                 likeness_url=job.likeness_url,
                 on_answer=on_answer,
+                on_image=job.on_image,
             )
             return outcome_of(asset, player)
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player
@@ -184,6 +187,7 @@ def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
     return PlayerOutcome(
         player_id=player.id,
         display_name=player.display_name,
+        slug=player.slug,
         status="succeeded" if asset.status == "succeeded" else "failed",
         reason=asset.error_message,
         asset_id=asset.id,

@@ -7,16 +7,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from portrait_pipeline import naming
+from portrait_pipeline import images, naming
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
-from portrait_pipeline.audit.models import Player, PlayerImageAsset
-from portrait_pipeline.cohorts import parse_draft_year_key, players_in_draft_year, players_with_current_image
+from portrait_pipeline.audit.models import Player
 from portrait_pipeline.costs import ImageSize, estimate_cost, token_cost
 from portrait_pipeline.generation.engine import (
     DEFAULT_LIMITS,
@@ -28,8 +29,10 @@ from portrait_pipeline.generation.engine import (
 )
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
-from portrait_pipeline.storage import ImageStorage
+from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
+
+PREVIEW_WIDTH = 480
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,12 @@ class PartitionRequest:
     fetch_likeness: bool = False
     likeness_url: str | None = None
     dagster_run_id: str | None = None
+    max_cost_usd: Decimal | None = None  # stop starting calls past this spend
+    max_consecutive_failures: int | None = DEFAULT_LIMITS.max_consecutive_failures  # the circuit breaker
 
     @property
     def partition_key(self) -> str:
-        return f"{self.draft_year_key}|{self.style}"
+        return naming.partition_label(self.draft_year_key, self.style)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,20 @@ class PartitionResult:
     portraits: list[Portrait] = field(default_factory=list)
     stopped: str | None = None
     closing_error: str | None = None  # the database failed while the snapshot was being closed
+    notes: list[str] = field(default_factory=list)  # what the run found and fixed on its way (for the run log)
+    contact_sheet: StoredObject | None = None
+    preview_png: bytes | None = None  # the contact sheet, small enough to show inline
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run must end failed, or None: the breaker tripped, the snapshot could not be closed, or every
+        player failed. Budget stops and some failed players leave a successful run with its failures listed."""
+        problems = [problem for problem in (self.stopped if self.tripped else None, self.closing_error) if problem]
+        if problems:
+            return f"{'; '.join(problems)}; {len(self.failed)} failed"
+        if self.failed and not self.generated:
+            return f"every player failed ({len(self.failed)}): {self.failed[0].reason}"
+        return None
 
     @property
     def tripped(self) -> bool:
@@ -135,7 +154,7 @@ def has_image(db: Session, storage: ImageStorage, players: list[Player], style: 
     A new-format file without a row is not trusted: a run killed between writing the alias and committing the
     row leaves one, and `missing_only` must finish that player rather than skip it for good.
     """
-    current = players_with_current_image(db, style, [player.id for player in players])
+    current = queries.players_with_current_image(db, style, [player.id for player in players])
     for player in players:
         if player.id not in current and storage.exists(naming.legacy_key(player.id, style)):
             current.add(player.id)
@@ -144,7 +163,7 @@ def has_image(db: Session, storage: ImageStorage, players: list[Player], style: 
 
 def plan_partition(db: Session, storage: ImageStorage, request: PartitionRequest, model: str) -> PartitionPlan:
     """Who this run would generate and who `missing_only` skips; writes nothing."""
-    players = players_in_draft_year(db, request.draft_year_key, request.player_ids)
+    players = queries.players_in_draft_year(db, request.draft_year_key, request.player_ids)
     done = has_image(db, storage, players, request.style) if request.missing_only else set()
     to_generate = [_ref(player) for player in players if player.id not in done]
     skipped = [_ref(player) for player in players if player.id in done]
@@ -157,58 +176,88 @@ def run_partition(
     engine: Engine,
     service: ImageGenerationService,
     request: PartitionRequest,
-    limits: BatchLimits = DEFAULT_LIMITS,
+    *,
+    max_concurrency: int = DEFAULT_LIMITS.max_concurrency,
+    run_has_ended: Callable[[str], bool] | None = None,
     on_outcome: Callable[[PlayerOutcome], None] | None = None,
 ) -> PartitionResult:
-    """Plan, open the snapshot, generate every planned player, close the snapshot."""
+    """Close what dead runs left open, plan, open the snapshot, generate every planned player, close the snapshot,
+    and compose the partition's contact sheet: everything a caller shows about the run is in the result."""
     started = time.monotonic()
     model = service.renderer.model
     run_key = request.run_key or f"{request.draft_year_key}_{request.style}"
     with session_scope(engine) as db:
-        plan = plan_partition(db, service.storage, request, model)
-        snapshot = audit.start_snapshot(
-            db,
-            audit.SnapshotSpec(
-                run_key=run_key,
-                style=request.style,
-                cohort=request.cohort or f"draft_{request.draft_year_key}",
-                draft_year=parse_draft_year_key(request.draft_year_key),
-                population_size=len(plan.to_generate) + len(plan.skipped),
-                system_prompt=system_prompt(request.style),
-                system_prompt_version=SYSTEM_PROMPT_VERSION,
-                image_size=request.image_size,
-                model=model,
-                estimated_cost_usd=plan.estimated_cost_usd,
-                notes=request.notes,
-                dagster_run_id=request.dagster_run_id,
-                partition_key=request.partition_key,
-            ),
+        interrupted = (
+            audit.close_interrupted_snapshots(db, request.partition_key, run_has_ended) if run_has_ended else []
         )
+        sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
+        plan = plan_partition(db, service.storage, request, model)
+        snapshot = audit.start_snapshot(db, _snapshot_spec(plan, run_key))
         snapshot_id, version = snapshot.id, snapshot.version
-    job = BatchJob(snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url)
+        notes = [
+            f"snapshot {old.run_key} v{old.version} was left running by run {old.dagster_run_id}, which has ended: "
+            f"marked interrupted ({old.success_count} images committed)"
+            for old in interrupted
+        ]
+    job = BatchJob(
+        snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url, sheet.keep
+    )
+    limits = BatchLimits(max_concurrency, request.max_consecutive_failures, request.max_cost_usd)
     player_ids = [player.id for player in plan.to_generate]
     batch = asyncio.run(generate_batch(engine, service, job, player_ids, limits, on_outcome))
-    portraits: list[Portrait] = []
-    closing_error = None
-    try:
-        with session_scope(engine) as db:
-            audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
-            portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
-    except SQLAlchemyError as exc:
-        # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
-        reason = str(exc).splitlines()[0]
-        closing_error = f"the database failed while closing snapshot {snapshot_id}: {exc.__class__.__name__}: {reason}"
-    return PartitionResult(
+    result = PartitionResult(
         plan=plan,
         snapshot_id=snapshot_id,
         snapshot_version=version,
         run_key=run_key,
         outcomes=batch.outcomes,
-        wall_time_s=time.monotonic() - started,
-        portraits=portraits,
+        wall_time_s=0.0,
         stopped=batch.stopped,
-        closing_error=closing_error,
+        notes=notes,
     )
+    try:
+        with session_scope(engine) as db:
+            audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
+            result.portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
+    except SQLAlchemyError as exc:
+        # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
+        reason = str(exc).splitlines()[0]
+        result.closing_error = (
+            f"the database failed while closing snapshot {snapshot_id}: {exc.__class__.__name__}: {reason}"
+        )
+    if result.failure is None and result.portraits:
+        result.contact_sheet, result.preview_png = _contact_sheet(service.storage, request, result.portraits, sheet)
+    result.wall_time_s = time.monotonic() - started
+    return result
+
+
+def _snapshot_spec(plan: PartitionPlan, run_key: str) -> audit.SnapshotSpec:
+    request = plan.request
+    return audit.SnapshotSpec(
+        run_key=run_key,
+        style=request.style,
+        cohort=request.cohort or f"draft_{request.draft_year_key}",
+        draft_year=queries.parse_draft_year_key(request.draft_year_key),
+        population_size=len(plan.to_generate) + len(plan.skipped),
+        system_prompt=system_prompt(request.style),
+        system_prompt_version=SYSTEM_PROMPT_VERSION,
+        image_size=request.image_size,
+        model=plan.model,
+        estimated_cost_usd=plan.estimated_cost_usd,
+        notes=request.notes,
+        dagster_run_id=request.dagster_run_id,
+        partition_key=request.partition_key,
+    )
+
+
+def _contact_sheet(
+    storage: ImageStorage, request: PartitionRequest, portraits: list[Portrait], sheet: images.ContactSheet
+) -> tuple[StoredObject, bytes]:
+    """The partition's contact sheet, stored next to the images, and a small PNG of it to show inline."""
+    composed = sheet.compose([images.Tile(p.display_name, p.sha256, partial(storage.get, p.key)) for p in portraits])
+    key = naming.contact_sheet_key(request.draft_year_key, request.style)
+    stored = storage.put(key, images.to_png(composed, {}), immutable=False)
+    return stored, images.thumbnail_png(composed, PREVIEW_WIDTH)
 
 
 def _status(batch: BatchResult) -> str:
@@ -222,17 +271,6 @@ def _status(batch: BatchResult) -> str:
 
 def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
     """Every current image of a partition, in player order."""
-    player_ids = [player.id for player in players_in_draft_year(db, draft_year_key)]
-    rows = db.execute(
-        select(PlayerImageAsset, Player)
-        .join(Player, Player.id == PlayerImageAsset.player_id)
-        .where(
-            PlayerImageAsset.player_id.in_(player_ids),
-            PlayerImageAsset.style == style,
-            PlayerImageAsset.is_current.is_(True),
-        )
-        .order_by(Player.id)
-    ).all()
     return [
         Portrait(
             player_id=player.id,
@@ -247,7 +285,7 @@ def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, s
             height=asset.height or 0,
             asset_id=asset.id,
         )
-        for asset, player in rows
+        for asset, player, _ in queries.current_images(db, draft_year_key, style)
     ]
 
 

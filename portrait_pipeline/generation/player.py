@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images, naming
@@ -23,6 +24,7 @@ from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 from portrait_pipeline.styles import Style
 
 LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]
+ImageHook = Callable[[str, Image.Image], None]
 
 
 class ImageGenerationService:
@@ -33,12 +35,10 @@ class ImageGenerationService:
         renderer: Renderer,
         storage: ImageStorage,
         likeness: LikenessSource | None = None,
-        contact_sheet: images.ContactSheet | None = None,
     ) -> None:
         self.renderer = renderer
         self.storage = storage
         self.likeness = likeness
-        self.contact_sheet = contact_sheet
 
     async def generate_for_player(
         self,
@@ -50,11 +50,13 @@ class ImageGenerationService:
         image_size: ImageSize = "1K",
         likeness_url: str | None = None,
         on_answer: Callable[[], Awaitable[None]] | None = None,
+        on_image: ImageHook | None = None,
     ) -> PlayerImageAsset:
         """Durable per player: the image is in storage before its row commits; failures become rows too.
 
         `on_answer` is awaited once the model has answered, before the image is processed and stored: a batch
-        hands the call's slot to the next player there, so storing never holds up the API.
+        hands the call's slot to the next player there, so storing never holds up the API. `on_image` sees each
+        image while it is decoded (a worker thread calls it): the partition keeps a thumbnail for its contact sheet.
         """
         attempt = _Attempt(
             started=time.monotonic(),
@@ -62,7 +64,7 @@ class ImageGenerationService:
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
         try:
-            png, stored = await self._make_image(db, player, style, image_size, attempt, on_answer)
+            png, stored = await self._make_image(db, player, style, image_size, attempt, on_answer, on_image)
         except PortraitPipelineError as exc:
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
         width, height = TARGET_DIMENSIONS[image_size]
@@ -83,6 +85,7 @@ class ImageGenerationService:
         image_size: ImageSize,
         attempt: _Attempt,
         on_answer: Callable[[], Awaitable[None]] | None,
+        on_image: ImageHook | None,
     ) -> tuple[bytes, StoredObject]:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
@@ -109,20 +112,12 @@ class ImageGenerationService:
         if on_answer is not None:
             await on_answer()
         # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
-        png, digest = await asyncio.to_thread(self._finish, rendered.data, TARGET_DIMENSIONS[image_size], provenance)
+        target = TARGET_DIMENSIONS[image_size]
+        png, digest = await asyncio.to_thread(_finish, rendered.data, target, provenance, on_image)
         history_key = naming.history_key(player.id, player.slug, style, digest)
         # The history object is stored before the row: no row ever claims an image storage does not have.
         stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
         return png, stored
-
-    def _finish(self, data: bytes, target: tuple[int, int], provenance: dict[str, str]) -> tuple[bytes, str]:
-        """The answer as a 4:5 PNG with its SHA-256; its thumbnail goes to the contact sheet while still decoded."""
-        image = images.fit(data, target)
-        png = images.to_png(image, provenance)
-        digest = sha256_hex(png)
-        if self.contact_sheet is not None:
-            self.contact_sheet.keep(digest, image)
-        return png, digest
 
     def _record(
         self, attempt: _Attempt, *, width: int | None = None, height: int | None = None
@@ -144,6 +139,18 @@ class ImageGenerationService:
             total_tokens=rendered.total_tokens if rendered else None,
             cost_usd=attempt.cost,
         )
+
+
+def _finish(
+    data: bytes, target: tuple[int, int], provenance: dict[str, str], on_image: ImageHook | None
+) -> tuple[bytes, str]:
+    """The answer as a 4:5 PNG with its SHA-256; `on_image` sees it while it is still decoded."""
+    image = images.fit(data, target)
+    png = images.to_png(image, provenance)
+    digest = sha256_hex(png)
+    if on_image is not None:
+        on_image(digest, image)
+    return png, digest
 
 
 @dataclass

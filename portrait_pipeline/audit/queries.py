@@ -1,0 +1,121 @@
+"""Reads of the roster and the audit trail, each rule written once: draft years, current images, snapshots."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.errors import InvalidInput
+
+UNDRAFTED = "undrafted"
+
+
+def draft_year_key(draft_year: int | None) -> str:
+    """The partition key of a draft year: the year, or `undrafted`."""
+    return UNDRAFTED if draft_year is None else str(draft_year)
+
+
+def parse_draft_year_key(key: str) -> int | None:
+    if key == UNDRAFTED:
+        return None
+    if not re.fullmatch(r"[0-9]{4}", key):
+        raise InvalidInput(f"draft year partition {key!r}: expected a year like 2025 or {UNDRAFTED!r}")
+    return int(key)
+
+
+def in_draft_years(column: InstrumentedAttribute[int | None], keys: Sequence[str]) -> ColumnElement[bool]:
+    """Rows of these draft-year keys: `undrafted` means the column IS NULL."""
+    years = [year for year in map(parse_draft_year_key, keys) if year is not None]
+    conditions = [column.in_(years)] if years else []
+    if UNDRAFTED in keys:
+        conditions.append(column.is_(None))
+    return or_(*conditions) if conditions else column.in_([])
+
+
+def draft_year_keys(db: Session) -> list[str]:
+    """The draft years the roster has, as partition keys, years first."""
+    years = db.scalars(select(Player.draft_year).distinct())
+    return [draft_year_key(year) for year in sorted(years, key=lambda year: (year is None, year or 0))]
+
+
+def is_current(style: str | None = None) -> ColumnElement[bool]:
+    """The current image rows (of one style): the one definition of "current" that every read uses."""
+    current = PlayerImageAsset.is_current.is_(True)
+    return current if style is None else current & (PlayerImageAsset.style == style)
+
+
+def players_in_draft_year(db: Session, key: str, player_ids: Sequence[int] = ()) -> list[Player]:
+    """The players of one draft-year partition, optionally narrowed to some ids, in id order."""
+    query = select(Player).where(in_draft_years(Player.draft_year, [key]))
+    if player_ids:
+        query = query.where(Player.id.in_(player_ids))
+    return list(db.scalars(query.order_by(Player.id)))
+
+
+def current_asset(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    return db.scalar(select(PlayerImageAsset).where(is_current(style), PlayerImageAsset.player_id == player_id))
+
+
+def players_with_current_image(db: Session, style: str, player_ids: Sequence[int]) -> set[int]:
+    query = select(PlayerImageAsset.player_id).where(is_current(style), PlayerImageAsset.player_id.in_(player_ids))
+    return set(db.scalars(query))
+
+
+def current_styles(db: Session, player_ids: Sequence[int]) -> dict[int, set[str]]:
+    """Player id → styles with a current image, in one query."""
+    rows = db.execute(
+        select(PlayerImageAsset.player_id, PlayerImageAsset.style).where(
+            is_current(), PlayerImageAsset.player_id.in_(player_ids)
+        )
+    )
+    styles: dict[int, set[str]] = {}
+    for player_id, style in rows:
+        styles.setdefault(player_id, set()).add(style)
+    return styles
+
+
+def current_images(
+    db: Session, draft_year_key: str, style: str
+) -> list[tuple[PlayerImageAsset, Player, PlayerImageSnapshot]]:
+    """Every current image of a (draft year, style) partition with its player and snapshot, in player order."""
+    rows = db.execute(
+        select(PlayerImageAsset, Player, PlayerImageSnapshot)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .join(PlayerImageSnapshot, PlayerImageSnapshot.id == PlayerImageAsset.snapshot_id)
+        .where(in_draft_years(Player.draft_year, [draft_year_key]), is_current(style))
+        .order_by(Player.id)
+    ).all()
+    return [(asset, player, snapshot) for asset, player, snapshot in rows]
+
+
+def all_current_images(db: Session) -> list[tuple[PlayerImageAsset, Player]]:
+    """Every current image of every player, by player then style."""
+    rows = db.execute(
+        select(PlayerImageAsset, Player)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(is_current(), PlayerImageAsset.status == "succeeded")
+        .order_by(Player.id, PlayerImageAsset.style)
+    ).all()
+    return [(asset, player) for asset, player in rows]
+
+
+def latest_snapshot(db: Session, draft_year_key: str, style: str) -> PlayerImageSnapshot | None:
+    """The partition's current snapshot: the last finished run for its draft year and style."""
+    return db.scalar(
+        select(PlayerImageSnapshot)
+        .where(
+            in_draft_years(PlayerImageSnapshot.draft_year, [draft_year_key]),
+            PlayerImageSnapshot.style == style,
+            PlayerImageSnapshot.is_current.is_(True),
+        )
+        .order_by(PlayerImageSnapshot.id.desc())
+        .limit(1)
+    )
+
+
+def snapshot_of_run(db: Session, dagster_run_id: str) -> PlayerImageSnapshot | None:
+    return db.scalar(select(PlayerImageSnapshot).where(PlayerImageSnapshot.dagster_run_id == dagster_run_id))
