@@ -12,6 +12,11 @@ the others, after ``latency_s``, limited to ``requests_per_second`` (429 with Re
 failing a seeded ``failure_rate`` share of requests with 500. Scripted replies skip the rate limit and
 the random failures; ``latency_s`` delays every answer except the rate limiter's 429s.
 
+With ``models=[...]`` the server is also the model catalogue: ``GET /{version}/models[/{id}]`` answers
+with Gemini's Model JSON and every other model id gets the real API's 404 NOT_FOUND, on every endpoint.
+``remove_model`` / ``add_model`` change the catalogue while running (a model retired mid-run). Without a
+catalogue (``models=None``, the default) any model id is accepted.
+
 Only the standard library and Pillow: no pytest, so ``bench/throughput.py`` can import it too.
 """
 
@@ -28,11 +33,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageDraw
 
@@ -42,7 +49,14 @@ DEFAULT_IMAGE_SIZE = (896, 1152)
 IMAGE_TOKENS = 1290
 HANG_S = 3600.0  # "forever" for a test; stop() wakes sleeping handlers
 
-_ROUTE = re.compile(r"^/(?P<version>v1(?:alpha|beta)?)/models/(?P<model>[^/:]+):generateContent$")
+_VERSION = r"(?P<version>v1(?:alpha|beta)?)"
+# (HTTP method, path pattern) -> the request's kind, as recorded in RecordedRequest.kind.
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):generateContent$"), "generate_content"),
+    ("GET", re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+)$"), "get_model"),
+    ("GET", re.compile(rf"^/{_VERSION}/models$"), "list_models"),
+]
+_METHOD_NAMES = {"generate_content": "generateContent", "get_model": "get"}
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -163,6 +177,70 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds, 3):g}s"
 
 
+# --- the model catalogue -------------------------------------------------------------------------
+
+# What ``GET /v1beta/models/{id}`` lists for the models this project uses.
+SUPPORTED_METHODS = ("generateContent", "countTokens", "batchGenerateContent")
+# gemini-2.5-flash-image: 32k tokens in and out; gemini-2.5-flash: 1M in, 64k out (and it thinks).
+_TOKEN_LIMITS = {"image": (32_768, 32_768), "text": (1_048_576, 65_536)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One catalogue entry. ``kind`` decides the default answer: an image or a text description.
+
+    ``kind=None`` infers it from the id (contains "image"), like the server does without a catalogue.
+    """
+
+    id: str  # without the "models/" prefix, e.g. "gemini-2.5-flash-image"
+    display_name: str | None = None
+    kind: Literal["image", "text"] | None = None
+    description: str = ""
+    version: str = "001"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.id.removeprefix("models/"))
+        if self.kind is None:
+            object.__setattr__(self, "kind", "image" if "image" in self.id else "text")
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
+
+    def to_json(self) -> dict[str, Any]:
+        """Gemini's ``Model`` resource, as ``GET /v1beta/models/{id}`` returns it."""
+        input_limit, output_limit = _TOKEN_LIMITS[self.kind or "text"]
+        model: dict[str, Any] = {
+            "name": f"models/{self.id}",
+            "version": self.version,
+            "displayName": self.display_name or self.id,
+            "description": self.description or f"Test double of {self.id}",
+            "inputTokenLimit": input_limit,
+            "outputTokenLimit": output_limit,
+            "supportedGenerationMethods": list(SUPPORTED_METHODS),
+            "temperature": 1,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2,
+        }
+        if not self.is_image:
+            model["thinking"] = True
+        return model
+
+
+def _model_info(model: str | ModelInfo) -> ModelInfo:
+    return model if isinstance(model, ModelInfo) else ModelInfo(model)
+
+
+def model_not_found_reply(model: str, *, api_version: str = "v1beta", method: str = "generateContent") -> Reply:
+    """404 NOT_FOUND, word for word what the real API answers for a model it does not (or no longer) serve."""
+    return error_reply(
+        404,
+        f"models/{model} is not found for API version {api_version}, or is not supported for {method}. "
+        "Call ListModels to see the list of available models and their supported methods.",
+    )
+
+
 # --- the server ----------------------------------------------------------------------------------
 
 
@@ -181,6 +259,8 @@ class RecordedRequest:
     status: int | None = None
     ended: float | None = None
     scripted: bool = False
+    # What the request asked for: "generate_content", "get_model", "list_models", ... ("unknown" if no route).
+    kind: str = "unknown"
 
     @property
     def duration_s(self) -> float | None:
@@ -191,7 +271,7 @@ class RecordedRequest:
 @dataclass
 class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
-    script: deque[Reply] = field(default_factory=deque)
+    scripts: dict[str, deque[Reply]] = field(default_factory=dict)  # by request kind
     in_flight: int = 0
     peak_in_flight: int = 0
     count_429: int = 0
@@ -211,14 +291,22 @@ class GeminiTestServer:
         seed: int = 0,
         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         api_key: str | None = None,
+        models: Iterable[str | ModelInfo] | None = None,
     ) -> None:
-        """``api_key``, when given, is the only key accepted (others get Google's 400 API_KEY_INVALID)."""
+        """``api_key``, when given, is the only key accepted (others get Google's 400 API_KEY_INVALID).
+
+        ``models``, when given, is the catalogue (ids or ``ModelInfo``s): other models get the real API's
+        404 NOT_FOUND on every endpoint. ``None`` accepts any model id.
+        """
         self.latency_s = latency_s
         self.requests_per_second = requests_per_second
         self.failure_rate = failure_rate
         self.seed = seed
         self.image_size = image_size
         self.api_key = api_key
+        self._catalogue: dict[str, ModelInfo] | None = None
+        if models is not None:
+            self._catalogue = {info.id: info for info in map(_model_info, models)}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._state = _State()
@@ -276,10 +364,13 @@ class GeminiTestServer:
 
     # scripting and inspection
 
-    def enqueue(self, *replies: Reply) -> None:
-        """Answer the next requests with ``replies``, in order, before falling back to the default."""
+    def enqueue(self, *replies: Reply, kind: str = "generate_content") -> None:
+        """Answer the next requests of ``kind`` with ``replies``, in order, before falling back to the default.
+
+        Other kinds ("get_model", ...) take error replies, or ``slow_reply(s)`` to delay their normal answer.
+        """
         with self._lock:
-            self._state.script.extend(replies)
+            self._state.scripts.setdefault(kind, deque()).extend(replies)
 
     def reset(self) -> None:
         """Forget requests, counters and scripted replies; refill the rate limiter; reseed failures."""
@@ -314,6 +405,42 @@ class GeminiTestServer:
         with self._lock:
             return self._state.count_429
 
+    @property
+    def request_counts(self) -> Counter[str]:
+        """How many requests of each kind ("generate_content", "get_model", ...) arrived since the last reset."""
+        return Counter(record.kind for record in self.requests)
+
+    # the model catalogue
+
+    @property
+    def models(self) -> list[ModelInfo] | None:
+        """The catalogue in listing order, None when any model is accepted."""
+        with self._lock:
+            return None if self._catalogue is None else list(self._catalogue.values())
+
+    def add_model(self, model: str | ModelInfo) -> ModelInfo:
+        """Serve ``model`` from now on (replacing an entry with the same id)."""
+        info = _model_info(model)
+        with self._lock:
+            if self._catalogue is None:
+                raise RuntimeError("this server accepts any model: pass models=[...] to manage a catalogue")
+            self._catalogue[info.id] = info
+        return info
+
+    def remove_model(self, model: str) -> None:
+        """Retire ``model``: from now on every request naming it gets 404 NOT_FOUND, like a shut-down model."""
+        with self._lock:
+            if self._catalogue is None:
+                raise RuntimeError("this server accepts any model: pass models=[...] to manage a catalogue")
+            del self._catalogue[model.removeprefix("models/")]
+
+    def _lookup_model(self, model: str) -> ModelInfo | None:
+        """The catalogue entry for ``model``; without a catalogue every id has one, None if it is not served."""
+        with self._lock:
+            if self._catalogue is None:
+                return ModelInfo(model)
+            return self._catalogue.get(model)
+
     # request handling (called from handler threads)
 
     def _arrive(self, record: RecordedRequest) -> None:
@@ -328,11 +455,18 @@ class GeminiTestServer:
             self._state.in_flight -= 1
 
     def _next_reply(self, record: RecordedRequest) -> Reply:
-        """The next scripted reply, else the default one."""
+        """The next scripted reply for the request's kind, else the default one.
+
+        Only ``generateContent`` has a default decided on arrival (rate limit, failures); other kinds get
+        ``Reply()`` (body None): "the endpoint's normal answer", computed after the delay by ``_respond``.
+        """
         with self._lock:
-            reply = self._state.script.popleft() if self._state.script else None
+            script = self._state.scripts.get(record.kind)
+            reply = script.popleft() if script else None
         record.scripted = reply is not None
-        return reply if reply is not None else self._default_reply(record.model or "")
+        if reply is not None:
+            return reply
+        return self._default_reply(record.model or "") if record.kind == "generate_content" else Reply()
 
     def _default_reply(self, model: str) -> Reply:
         """Rate limit, then random failures, then an image or a text answer depending on the model."""
@@ -344,7 +478,35 @@ class GeminiTestServer:
             failed = self.failure_rate > 0 and self._random.random() < self.failure_rate
         if failed:
             return internal_error_reply()
-        return image_reply(self.image_size) if "image" in model else text_reply()
+        return self._model_answer(model)
+
+    def _model_answer(self, model: str) -> Reply:
+        """An image for image models, a description for the others (the catalogue's kind, else the id)."""
+        info = self._lookup_model(model) or ModelInfo(model)
+        return image_reply(self.image_size) if info.is_image else text_reply()
+
+    def _respond(self, record: RecordedRequest, reply: Reply, params: dict[str, str], raw: bytes) -> _Response:
+        """The HTTP answer for ``reply``; a body-less reply becomes the endpoint's normal answer."""
+        if reply.body is None:
+            if record.kind != "generate_content":
+                return self._serve(record, params, raw)
+            reply = self._default_reply(record.model or "")  # slow_reply() of the default answer
+        if record.kind != "generate_content":
+            return _Response.json(reply.status, reply.body)
+        return _Response.json(reply.status, self._finish_body(reply, record.model or "", record.body))
+
+    def _serve(self, record: RecordedRequest, params: dict[str, str], raw: bytes) -> _Response:
+        """The normal answer of every endpoint but ``generateContent``."""
+        if record.kind == "get_model":
+            info = self._lookup_model(params["model"])
+            assert info is not None  # _check answered 404 otherwise
+            return _Response.json(200, info.to_json())
+        if record.kind == "list_models":
+            # Without a catalogue there is nothing to list: any id is accepted, none is "available".
+            catalogue = self.models or []
+            page, next_token = _page([info.to_json() for info in catalogue], record.path)
+            return _Response.json(200, {"models": page, **next_token})
+        raise AssertionError(f"no answer for {record.kind}")
 
     def _bucket_size(self) -> float:
         return max(1.0, self.requests_per_second or 0.0)
@@ -375,6 +537,44 @@ class GeminiTestServer:
         usage.setdefault("promptTokenCount", _prompt_tokens(request_body))
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage.get("candidatesTokenCount", 0)
         return body
+
+
+@dataclass(frozen=True)
+class _Response:
+    """What goes on the wire: status, payload and extra headers (the Files API's X-Goog-Upload-*)."""
+
+    status: int
+    payload: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json; charset=UTF-8"
+
+    @staticmethod
+    def json(status: int, body: Any, headers: dict[str, str] | None = None) -> _Response:
+        return _Response(status, json.dumps(body).encode(), headers or {})
+
+
+def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
+    """The request's kind and path parameters (version, model, ...); ("unknown", {}) if nothing matches."""
+    plain = path.split("?", 1)[0]
+    for route_method, pattern, kind in _ROUTES:
+        match = pattern.match(plain)
+        if match and method == route_method:
+            return kind, {name: value for name, value in match.groupdict().items() if value is not None}
+    return "unknown", {}
+
+
+def _query(path: str) -> dict[str, str]:
+    """The query string's parameters, the first value of each."""
+    return {name: values[0] for name, values in parse_qs(urlsplit(path).query).items()}
+
+
+def _page(items: list[dict[str, Any]], path: str, *, default_size: int = 50) -> tuple[list[Any], dict[str, str]]:
+    """One page of ``items`` for ``?pageSize=&pageToken=``; the token is just the offset of the next page."""
+    query = _query(path)
+    size = int(query.get("pageSize") or default_size)
+    start = int(query.get("pageToken") or 0)
+    end = start + size
+    return items[start:end], ({"nextPageToken": str(end)} if end < len(items) else {})
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -421,9 +621,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         gemini = self.gemini
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        path = self.path.split("?", 1)[0]
-        route = _ROUTE.match(path)
-        model = route["model"] if route else None
+        kind, params = _route(self.command, self.path)
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -431,12 +629,13 @@ class _Handler(BaseHTTPRequestHandler):
         record = RecordedRequest(
             method=self.command,
             path=self.path,
-            api_version=route["version"] if route else None,
-            model=model,
+            api_version=params.get("version"),
+            model=params.get("model"),
             api_key=self.headers.get("x-goog-api-key"),
             headers=dict(self.headers.items()),
             body=body,
             started=time.monotonic(),
+            kind=kind,
         )
         gemini._arrive(record)
         answered = False
@@ -446,12 +645,10 @@ class _Handler(BaseHTTPRequestHandler):
             delay = reply.delay_s + (0.0 if reply.status == 429 and not record.scripted else gemini.latency_s)
             if delay > 0 and gemini._stopping.wait(delay):
                 return  # stopping: drop the request unanswered
-            if reply.body is None:  # slow_reply() of the default answer
-                reply = gemini._default_reply(record.model or "")
-            payload = json.dumps(gemini._finish_body(reply, record.model or "", record.body)).encode()
-            gemini._depart(record, reply.status)  # before sending, so a client that has its answer sees it
+            response = gemini._respond(record, reply, params, raw)
+            gemini._depart(record, response.status)  # before sending, so a client that has its answer sees it
             answered = True
-            self._send(reply.status, payload)
+            self._send(response)
         except OSError:
             pass  # the client gave up (e.g. timed out) and closed the connection
         finally:
@@ -460,20 +657,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _check(self, record: RecordedRequest) -> Reply | None:
         """An error reply for a request the real API would reject, else None."""
-        if record.model is None or record.method != "POST":
+        gemini = self.gemini
+        if record.kind == "unknown":
             return error_reply(404, f"Method not found: {record.method} {record.path}")
-        if self.gemini.api_key is not None and record.api_key != self.gemini.api_key:
+        if gemini.api_key is not None and record.api_key != gemini.api_key:
             return _invalid_key_reply()
-        if not isinstance(record.body, dict):
+        if record.model is not None and gemini._lookup_model(record.model) is None:
+            method = _METHOD_NAMES.get(record.kind, "get")
+            return model_not_found_reply(record.model, api_version=record.api_version or "v1beta", method=method)
+        if record.method == "POST" and not isinstance(record.body, dict):
             return error_reply(400, "Invalid JSON payload received.")
         return None
 
-    def _send(self, status: int, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(payload)))
+    def _send(self, response: _Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.payload)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(response.payload)
         self.wfile.flush()
 
 
