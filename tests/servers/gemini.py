@@ -17,6 +17,11 @@ with Gemini's Model JSON and every other model id gets the real API's 404 NOT_FO
 ``remove_model`` / ``add_model`` change the catalogue while running (a model retired mid-run). Without a
 catalogue (``models=None``, the default) any model id is accepted.
 
+The Batch API (``client.batches.create/get/list/cancel``) and the Files API's resumable upload and download
+are served too: a job is PENDING for ``batch_pending_s``, RUNNING for ``batch_running_s``, then SUCCEEDED
+with the default answers (``script_batch(key, reply)`` scripts one request's answer), unless cancelled or
+forced into another state (``force_batch_state``).
+
 Only the standard library and Pillow: no pytest, so ``bench/throughput.py`` can import it too.
 """
 
@@ -25,6 +30,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import datetime
+import hashlib
 import io
 import json
 import random
@@ -55,8 +62,34 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):generateContent$"), "generate_content"),
     ("GET", re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+)$"), "get_model"),
     ("GET", re.compile(rf"^/{_VERSION}/models$"), "list_models"),
+    ("POST", re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent$"), "batch_create"),
+    ("GET", re.compile(rf"^/{_VERSION}/batches$"), "batch_list"),
+    ("GET", re.compile(rf"^/{_VERSION}/batches/(?P<batch>[^/:]+)$"), "batch_get"),
+    ("POST", re.compile(rf"^/{_VERSION}/batches/(?P<batch>[^/:]+):cancel$"), "batch_cancel"),
+    # The resumable upload's start; its chunks go to the same path with ?upload_id= ("upload_chunk").
+    ("POST", re.compile(rf"^/upload/{_VERSION}/files$"), "upload"),
+    ("GET", re.compile(rf"^/{_VERSION}/files/(?P<file>[^/:]+)$"), "file_get"),
+    ("GET", re.compile(rf"^/{_VERSION}/files/(?P<file>[^/:]+):download$"), "download"),
 ]
-_METHOD_NAMES = {"generate_content": "generateContent", "get_model": "get"}
+# Kinds whose request body must be a JSON object.
+_JSON_BODY_KINDS = {"generate_content", "batch_create", "upload"}
+# RecordedRequest.kind -> the short names of GeminiTestServer.batch_request_counts.
+_BATCH_KINDS = {
+    "batch_create": "create",
+    "batch_get": "get",
+    "batch_list": "list",
+    "batch_cancel": "cancel",
+    "upload": "upload",
+    "download": "download",
+}
+# Gemini's Batch API takes inline requests up to 20 MB for the whole batchGenerateContent request; bigger
+# batches must go through an uploaded JSONL file (https://ai.google.dev/gemini-api/docs/batch-api).
+# 20 MiB: Google's front end reports "Request payload size exceeds the limit: 20971520 bytes."
+BATCH_INLINE_LIMIT_BYTES = 20 * 1024 * 1024
+BATCH_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+_ENDED_STATES = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"}
+_FILE_TTL = datetime.timedelta(hours=48)  # uploaded files expire after 48 hours
+_METHOD_NAMES = {"generate_content": "generateContent", "get_model": "get", "batch_create": "batchGenerateContent"}
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -137,9 +170,14 @@ def blocked_reply(block_reason: str = "SAFETY") -> Reply:
     return Reply(body={"promptFeedback": {"blockReason": block_reason}, "usageMetadata": {}})
 
 
-def error_reply(code: int, message: str, *, details: list[dict[str, Any]] | None = None) -> Reply:
-    """An error in Google's JSON format: ``{"error": {"code", "message", "status", "details"}}``."""
-    error: dict[str, Any] = {"code": code, "message": message, "status": _STATUS_NAMES.get(code, "UNKNOWN")}
+def error_reply(
+    code: int, message: str, *, details: list[dict[str, Any]] | None = None, status: str | None = None
+) -> Reply:
+    """An error in Google's JSON format: ``{"error": {"code", "message", "status", "details"}}``.
+
+    ``status`` defaults to the usual name for ``code`` (400 INVALID_ARGUMENT, 404 NOT_FOUND, ...).
+    """
+    error: dict[str, Any] = {"code": code, "message": message, "status": status or _STATUS_NAMES.get(code, "UNKNOWN")}
     if details is not None:
         error["details"] = details
     return Reply(status=code, body={"error": error})
@@ -277,10 +315,53 @@ class _State:
     count_429: int = 0
     tokens: float = 0.0
     refilled_at: float = 0.0
+    batches: dict[str, _Batch] = field(default_factory=dict)  # by id, in creation order
+    files: dict[str, _File] = field(default_factory=dict)  # by id, complete uploads and batch results
+    uploads: dict[str, _File] = field(default_factory=dict)  # by upload id, until finalized
+    batch_scripts: dict[str, deque[Reply]] = field(default_factory=dict)  # by request key
+
+
+@dataclass
+class _Batch:
+    """One batch job; its state follows from its age unless cancelled or forced."""
+
+    id: str
+    model: str
+    display_name: str
+    items: list[tuple[str, Any, dict[str, Any] | None]]  # (key, GenerateContentRequest, inline metadata)
+    input_file: str | None  # "files/..." for a file batch, None for inline requests
+    created: float  # time.monotonic()
+    create_time: str
+    forced: str | None = None  # a state from BATCH_STATES that overrides the clock
+    end_time: str | None = None
+    results: list[dict[str, Any]] | None = None  # once SUCCEEDED: inlinedResponses or the result lines
+    # Held while the results are computed, so two concurrent polls do not both use up the scripted answers.
+    settling: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.id}"
+
+
+@dataclass
+class _File:
+    """An uploaded file (source UPLOADED) or a batch's results (GENERATED, the only kind one can download)."""
+
+    id: str
+    mime_type: str
+    size_bytes: int  # as announced; the upload must deliver exactly that many bytes
+    source: str = "UPLOADED"
+    display_name: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    create_time: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"files/{self.id}"
 
 
 class GeminiTestServer:
-    """A threaded local Gemini API (``generateContent``) on 127.0.0.1 and a free port."""
+    """A threaded local Gemini API (generateContent, models, batches, files) on 127.0.0.1 and a free port."""
 
     def __init__(
         self,
@@ -292,11 +373,17 @@ class GeminiTestServer:
         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         api_key: str | None = None,
         models: Iterable[str | ModelInfo] | None = None,
+        batch_pending_s: float = 0.05,
+        batch_running_s: float = 0.1,
+        batch_inline_limit_bytes: int = BATCH_INLINE_LIMIT_BYTES,
     ) -> None:
         """``api_key``, when given, is the only key accepted (others get Google's 400 API_KEY_INVALID).
 
         ``models``, when given, is the catalogue (ids or ``ModelInfo``s): other models get the real API's
         404 NOT_FOUND on every endpoint. ``None`` accepts any model id.
+
+        A batch job is PENDING for ``batch_pending_s``, then RUNNING for ``batch_running_s``, then SUCCEEDED;
+        a ``batchGenerateContent`` with inline requests bigger than ``batch_inline_limit_bytes`` gets 400.
         """
         self.latency_s = latency_s
         self.requests_per_second = requests_per_second
@@ -304,6 +391,9 @@ class GeminiTestServer:
         self.seed = seed
         self.image_size = image_size
         self.api_key = api_key
+        self.batch_pending_s = batch_pending_s
+        self.batch_running_s = batch_running_s
+        self.batch_inline_limit_bytes = batch_inline_limit_bytes
         self._catalogue: dict[str, ModelInfo] | None = None
         if models is not None:
             self._catalogue = {info.id: info for info in map(_model_info, models)}
@@ -373,7 +463,10 @@ class GeminiTestServer:
             self._state.scripts.setdefault(kind, deque()).extend(replies)
 
     def reset(self) -> None:
-        """Forget requests, counters and scripted replies; refill the rate limiter; reseed failures."""
+        """Forget requests, counters, scripted replies, batches and files; refill the rate limiter; reseed.
+
+        The model catalogue is configuration and stays as it is.
+        """
         with self._lock:
             in_flight = self._state.in_flight
             self._state = _State(in_flight=in_flight, peak_in_flight=in_flight)
@@ -409,6 +502,39 @@ class GeminiTestServer:
     def request_counts(self) -> Counter[str]:
         """How many requests of each kind ("generate_content", "get_model", ...) arrived since the last reset."""
         return Counter(record.kind for record in self.requests)
+
+    @property
+    def batch_request_counts(self) -> Counter[str]:
+        """Batch and Files API requests by kind: "create", "get", "list", "cancel", "upload", "download".
+
+        An upload counts once (its start), however many chunks carried the bytes.
+        """
+        return Counter(_BATCH_KINDS[record.kind] for record in self.requests if record.kind in _BATCH_KINDS)
+
+    # batches
+
+    def script_batch(self, key: str, *replies: Reply) -> None:
+        """Answer the batch request ``key`` with ``replies``, one per batch job that contains it, in order.
+
+        Inline requests are keyed by ``metadata["key"]`` (else their position: "0", "1", ...), file lines
+        by their "key". A non-200 reply becomes the request's ``error``; ``delay_s`` is ignored.
+        """
+        with self._lock:
+            self._state.batch_scripts.setdefault(key, deque()).extend(replies)
+
+    def force_batch_state(self, name: str, state: str) -> None:
+        """Put a batch job in ``state`` ("JOB_STATE_EXPIRED", "BATCH_STATE_FAILED" or "CANCELLED") for good."""
+        short = state.removeprefix("JOB_STATE_").removeprefix("BATCH_STATE_")
+        if short not in BATCH_STATES:
+            raise ValueError(f"unknown batch state {state!r}: one of {', '.join(BATCH_STATES)}")
+        with self._lock:
+            self._state.batches[name.removeprefix("batches/")].forced = short
+
+    @property
+    def batch_names(self) -> list[str]:
+        """The batch jobs created since the last reset, oldest first ("batches/...")."""
+        with self._lock:
+            return [batch.name for batch in self._state.batches.values()]
 
     # the model catalogue
 
@@ -485,6 +611,42 @@ class GeminiTestServer:
         info = self._lookup_model(model) or ModelInfo(model)
         return image_reply(self.image_size) if info.is_image else text_reply()
 
+    def _check(self, record: RecordedRequest, params: dict[str, str], size: int) -> Reply | None:
+        """An error reply for a request the real API would reject, else None."""
+        if record.kind == "unknown":
+            return error_reply(404, f"Method not found: {record.method} {record.path}")
+        # An upload's chunks carry no key: the upload id in their URL authorizes them.
+        if self.api_key is not None and record.api_key != self.api_key and record.kind != "upload_chunk":
+            return _invalid_key_reply()
+        if record.model is not None and self._lookup_model(record.model) is None:
+            method = _METHOD_NAMES.get(record.kind, "get")
+            return model_not_found_reply(record.model, api_version=record.api_version or "v1beta", method=method)
+        if record.kind in _JSON_BODY_KINDS and not isinstance(record.body, dict):
+            return error_reply(400, "Invalid JSON payload received.")
+        if record.kind == "batch_create":
+            return self._check_batch(record.body, size)
+        with self._lock:
+            state = self._state
+            if "batch" in params and params["batch"] not in state.batches:
+                return error_reply(404, f"Batch batches/{params['batch']} not found.")
+            if "file" in params and params["file"] not in state.files:
+                return error_reply(404, f"File files/{params['file']} not found.")
+        return None
+
+    def _check_batch(self, body: dict[str, Any], size: int) -> Reply | None:
+        """``batchGenerateContent`` needs exactly one source; inline requests are capped in size."""
+        source = (body.get("batch") or {}).get("inputConfig") or {}
+        if ("requests" in source) == ("fileName" in source):
+            return error_reply(400, "batch.input_config must set exactly one of requests or file_name.")
+        if "requests" in source and size > self.batch_inline_limit_bytes:
+            return error_reply(400, f"Request payload size exceeds the limit: {self.batch_inline_limit_bytes} bytes.")
+        file_id = str(source.get("fileName", "")).removeprefix("files/")
+        if "fileName" in source:
+            with self._lock:
+                if file_id not in self._state.files:
+                    return error_reply(404, f"File files/{file_id} not found.")
+        return None
+
     def _respond(self, record: RecordedRequest, reply: Reply, params: dict[str, str], raw: bytes) -> _Response:
         """The HTTP answer for ``reply``; a body-less reply becomes the endpoint's normal answer."""
         if reply.body is None:
@@ -506,7 +668,252 @@ class GeminiTestServer:
             catalogue = self.models or []
             page, next_token = _page([info.to_json() for info in catalogue], record.path)
             return _Response.json(200, {"models": page, **next_token})
+        if record.kind == "batch_create":
+            return _Response.json(200, self._create_batch(record.model or "", record.body))
+        if record.kind == "batch_get":
+            return _Response.json(200, self._batch_operation(params["batch"]))
+        if record.kind == "batch_list":
+            with self._lock:
+                ids = list(self._state.batches)
+            page, next_token = _page(ids, record.path)
+            return _Response.json(200, {"operations": [self._batch_operation(id_) for id_ in page], **next_token})
+        if record.kind == "batch_cancel":
+            return self._cancel_batch(params["batch"])
+        if record.kind == "upload":
+            return self._start_upload(record, params["version"])
+        if record.kind == "upload_chunk":
+            return self._upload_chunk(record, params["version"], raw)
+        if record.kind == "file_get":
+            with self._lock:
+                file = self._state.files[params["file"]]
+            return _Response.json(200, self._file_json(file, params["version"]))
+        if record.kind == "download":
+            return self._download(params["file"])
         raise AssertionError(f"no answer for {record.kind}")
+
+    # the Batch API
+
+    def _create_batch(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Register a job from inline requests or an uploaded JSONL file; answer with its operation."""
+        batch_body = body["batch"]
+        source = batch_body["inputConfig"]
+        items: list[tuple[str, Any, dict[str, Any] | None]] = []
+        if "requests" in source:
+            for index, inline in enumerate((source["requests"] or {}).get("requests") or []):
+                metadata = inline.get("metadata")
+                key = str((metadata or {}).get("key", index))
+                items.append((key, inline.get("request"), metadata))
+        else:
+            with self._lock:
+                data = bytes(self._state.files[source["fileName"].removeprefix("files/")].data)
+            for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+                if line.strip():
+                    items.append(_jsonl_item(line, number))
+        batch = _Batch(
+            id=_resource_id(),
+            model=model,
+            display_name=batch_body.get("displayName") or "",
+            items=items,
+            input_file=source.get("fileName"),
+            created=time.monotonic(),
+            create_time=_now(),
+        )
+        with self._lock:
+            self._state.batches[batch.id] = batch
+        return self._batch_operation(batch.id)
+
+    def _cancel_batch(self, batch_id: str) -> _Response:
+        """A pending or running job is cancelled at once; an ended one cannot be."""
+        with self._lock:
+            batch = self._state.batches[batch_id]
+            if self._batch_state(batch) in _ENDED_STATES:
+                reply = error_reply(400, f"Batch {batch.name} has already ended.", status="FAILED_PRECONDITION")
+                return _Response.json(reply.status, reply.body)
+            batch.forced = "CANCELLED"
+        return _Response.json(200, {})
+
+    def _batch_state(self, batch: _Batch) -> str:
+        """The job's state now (lock held): forced, else by age."""
+        if batch.forced is not None:
+            return batch.forced
+        age = time.monotonic() - batch.created
+        if age < self.batch_pending_s:
+            return "PENDING"
+        return "RUNNING" if age < self.batch_pending_s + self.batch_running_s else "SUCCEEDED"
+
+    def _batch_operation(self, batch_id: str) -> dict[str, Any]:
+        """The job as the API shows it: a long-running operation whose metadata is a GenerateContentBatch."""
+        with self._lock:
+            batch = self._state.batches[batch_id]
+        with batch.settling:  # the answers are computed once, outside the server's lock: images take a while
+            with self._lock:
+                pending = self._batch_state(batch) == "SUCCEEDED" and batch.results is None
+            if pending:
+                inline = batch.input_file is None
+                results = [self._batch_result(batch.model, *item, inline=inline) for item in batch.items]
+                with self._lock:
+                    batch.results = results
+        with self._lock:
+            return self._operation_json(batch)
+
+    def _operation_json(self, batch: _Batch) -> dict[str, Any]:
+        """(lock held) ``batches/{id}`` as JSON; the SDK reads ``metadata`` (state, output) only."""
+        state = self._batch_state(batch)
+        if state in _ENDED_STATES and batch.end_time is None:
+            batch.end_time = _now()
+        results = batch.results if state == "SUCCEEDED" else None
+        stats = {"requestCount": str(len(batch.items))}
+        if results is not None:
+            failed = sum("error" in result for result in results)
+            stats |= {"successfulRequestCount": str(len(results) - failed), "failedRequestCount": str(failed)}
+        elif state not in _ENDED_STATES:
+            stats["pendingRequestCount"] = str(len(batch.items))
+        metadata: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            "name": batch.name,
+            "model": f"models/{batch.model}",
+            "displayName": batch.display_name,
+            "createTime": batch.create_time,
+            "updateTime": batch.end_time or batch.create_time,
+            "batchStats": stats,
+            "state": f"BATCH_STATE_{state}",
+        }
+        if batch.input_file is not None:
+            metadata["inputConfig"] = {"fileName": batch.input_file}
+        if batch.end_time is not None:
+            metadata["endTime"] = batch.end_time
+        operation: dict[str, Any] = {"name": batch.name, "metadata": metadata}
+        if state in _ENDED_STATES:
+            operation["done"] = True
+        if results is not None:
+            output = self._batch_output(batch, results)
+            metadata["output"] = output
+            operation["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatchOutput",
+                **output,
+            }
+        elif state == "FAILED":
+            operation["error"] = {"code": 13, "message": "The batch job failed."}
+        return operation
+
+    def _batch_output(self, batch: _Batch, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """(lock held) Inline jobs answer inline; file jobs get a results file (created the first time)."""
+        if batch.input_file is None:
+            return {"inlinedResponses": {"inlinedResponses": results}}
+        file_id = f"batch-{batch.id}"
+        if file_id not in self._state.files:
+            data = "".join(json.dumps(result) + "\n" for result in results).encode()
+            self._state.files[file_id] = _File(
+                file_id, "application/jsonl", len(data), "GENERATED", data=bytearray(data), create_time=_now()
+            )
+        return {"responsesFile": f"files/{file_id}"}
+
+    def _batch_result(
+        self, model: str, key: str, request: Any, metadata: dict[str, Any] | None, *, inline: bool
+    ) -> dict[str, Any]:
+        """One request's answer: scripted for its key, else seeded random failures, else the model's answer.
+
+        Inline results echo the request's metadata (an InlinedResponse); file result lines carry the key.
+        """
+        with self._lock:
+            script = self._state.batch_scripts.get(key)
+            reply = script.popleft() if script else None
+            failed = reply is None and self.failure_rate > 0 and self._random.random() < self.failure_rate
+        if not isinstance(request, dict):
+            reply = error_reply(400, f"Invalid GenerateContentRequest for key {key!r}.")
+        elif reply is None:
+            reply = internal_error_reply() if failed else self._model_answer(model)
+        elif reply.body is None:
+            reply = replace(self._model_answer(model), status=reply.status)
+        result: dict[str, Any] = {}
+        if not inline:
+            result["key"] = key
+        elif metadata is not None:
+            result["metadata"] = metadata
+        if reply.status == 200:
+            result["response"] = self._finish_body(reply, model, request)
+        else:
+            assert reply.body is not None
+            error = reply.body.get("error") or {}
+            result["error"] = {"code": reply.status, "message": error.get("message", "")}
+        return result
+
+    # the Files API
+
+    def _start_upload(self, record: RecordedRequest, version: str) -> _Response:
+        """The resumable upload's start: remember the announced file, answer with where to send its bytes."""
+        # The SDK sends the File in snake_case ("mime_type"); the API takes both spellings, like any proto JSON.
+        announced = record.body.get("file") or {}
+
+        def announced_field(camel: str, snake: str, header: str) -> Any:
+            return announced.get(camel) or announced.get(snake) or _header(record, f"X-Goog-Upload-Header-{header}")
+
+        file = _File(
+            id=str(announced.get("name") or _resource_id()).removeprefix("files/"),
+            mime_type=announced_field("mimeType", "mime_type", "Content-Type") or "",
+            size_bytes=int(announced_field("sizeBytes", "size_bytes", "Content-Length") or 0),
+            display_name=announced.get("displayName") or announced.get("display_name"),
+            create_time=_now(),
+        )
+        upload_id = uuid.uuid4().hex
+        with self._lock:
+            self._state.uploads[upload_id] = file
+        url = f"{self.base_url}/upload/{version}/files?upload_id={upload_id}&upload_protocol=resumable"
+        return _Response(200, headers={"X-Goog-Upload-Status": "active", "X-Goog-Upload-URL": url})
+
+    def _upload_chunk(self, record: RecordedRequest, version: str, raw: bytes) -> _Response:
+        """Append a chunk at its offset; "finalize" completes the file and answers ``{"file": File}``."""
+        command = _header(record, "X-Goog-Upload-Command") or ""
+        offset = int(_header(record, "X-Goog-Upload-Offset") or 0)
+        # Errors say "final" too: without an X-Goog-Upload-Status the SDK retries for seconds.
+        final = {"X-Goog-Upload-Status": "final"}
+        with self._lock:
+            file = self._state.uploads.get(_query(record.path).get("upload_id", ""))
+            if file is None:
+                return _Response.json(404, error_reply(404, "Upload not found.").body, final)
+            if offset != len(file.data):
+                message = f"Upload offset {offset} is not the {len(file.data)} bytes received so far."
+                return _Response.json(400, error_reply(400, message).body, final)
+            file.data += raw
+            if "finalize" not in command:
+                return _Response(200, headers={"X-Goog-Upload-Status": "active"})
+            del self._state.uploads[_query(record.path)["upload_id"]]
+            if len(file.data) != file.size_bytes:
+                message = f"Uploaded {len(file.data)} bytes, {file.size_bytes} were announced."
+                return _Response.json(400, error_reply(400, message).body, final)
+            self._state.files[file.id] = file
+        return _Response.json(200, {"file": self._file_json(file, version)}, final)
+
+    def _download(self, file_id: str) -> _Response:
+        """A generated file's bytes (``?alt=media``); like the real API, uploaded files cannot be downloaded."""
+        with self._lock:
+            file = self._state.files[file_id]
+            data = bytes(file.data)
+        if file.source != "GENERATED":
+            reply = error_reply(400, f"Only generated files can be downloaded; {file.name} was uploaded.")
+            return _Response.json(reply.status, reply.body)
+        return _Response(200, data, content_type=file.mime_type)
+
+    def _file_json(self, file: _File, version: str) -> dict[str, Any]:
+        """Gemini's ``File`` resource."""
+        created = datetime.datetime.fromisoformat(file.create_time)
+        body: dict[str, Any] = {
+            "name": file.name,
+            "mimeType": file.mime_type,
+            "sizeBytes": str(len(file.data)),
+            "createTime": file.create_time,
+            "updateTime": file.create_time,
+            "expirationTime": _rfc3339(created + _FILE_TTL),
+            "sha256Hash": base64.b64encode(hashlib.sha256(file.data).hexdigest().encode()).decode(),
+            "uri": f"{self.base_url}/{version}/{file.name}",
+            "state": "ACTIVE",
+            "source": file.source,
+        }
+        if file.display_name:
+            body["displayName"] = file.display_name
+        if file.source == "GENERATED":
+            body["downloadUri"] = f"{self.base_url}/download/{version}/{file.name}:download?alt=media"
+        return body
 
     def _bucket_size(self) -> float:
         return max(1.0, self.requests_per_second or 0.0)
@@ -559,6 +966,8 @@ def _route(method: str, path: str) -> tuple[str, dict[str, str]]:
     for route_method, pattern, kind in _ROUTES:
         match = pattern.match(plain)
         if match and method == route_method:
+            if kind == "upload" and "upload_id" in _query(path):
+                kind = "upload_chunk"
             return kind, {name: value for name, value in match.groupdict().items() if value is not None}
     return "unknown", {}
 
@@ -568,7 +977,7 @@ def _query(path: str) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs(urlsplit(path).query).items()}
 
 
-def _page(items: list[dict[str, Any]], path: str, *, default_size: int = 50) -> tuple[list[Any], dict[str, str]]:
+def _page(items: list[Any], path: str, *, default_size: int = 50) -> tuple[list[Any], dict[str, str]]:
     """One page of ``items`` for ``?pageSize=&pageToken=``; the token is just the offset of the next page."""
     query = _query(path)
     size = int(query.get("pageSize") or default_size)
@@ -640,7 +1049,7 @@ class _Handler(BaseHTTPRequestHandler):
         gemini._arrive(record)
         answered = False
         try:
-            reply = self._check(record) or gemini._next_reply(record)
+            reply = gemini._check(record, params, len(raw)) or gemini._next_reply(record)
             # Every answer waits latency_s, except the rate limiter's quick 429s.
             delay = reply.delay_s + (0.0 if reply.status == 429 and not record.scripted else gemini.latency_s)
             if delay > 0 and gemini._stopping.wait(delay):
@@ -654,20 +1063,6 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if not answered:
                 gemini._depart(record, None)
-
-    def _check(self, record: RecordedRequest) -> Reply | None:
-        """An error reply for a request the real API would reject, else None."""
-        gemini = self.gemini
-        if record.kind == "unknown":
-            return error_reply(404, f"Method not found: {record.method} {record.path}")
-        if gemini.api_key is not None and record.api_key != gemini.api_key:
-            return _invalid_key_reply()
-        if record.model is not None and gemini._lookup_model(record.model) is None:
-            method = _METHOD_NAMES.get(record.kind, "get")
-            return model_not_found_reply(record.model, api_version=record.api_version or "v1beta", method=method)
-        if record.method == "POST" and not isinstance(record.body, dict):
-            return error_reply(400, "Invalid JSON payload received.")
-        return None
 
     def _send(self, response: _Response) -> None:
         self.send_response(response.status)
@@ -685,6 +1080,37 @@ def _prompt_tokens(request_body: dict[str, Any]) -> int:
     contents = [*request_body.get("contents", []), request_body.get("systemInstruction") or {}]
     parts = [part for content in contents for part in content.get("parts", [])]
     return sum(258 if "inlineData" in part else len(part.get("text", "")) // 4 + 1 for part in parts)
+
+
+def _header(record: RecordedRequest, name: str) -> str | None:
+    """A request header, whatever its case."""
+    wanted = name.lower()
+    return next((value for key, value in record.headers.items() if key.lower() == wanted), None)
+
+
+def _jsonl_item(line: str, number: int) -> tuple[str, Any, None]:
+    """One line of a batch input file: ``{"key": ..., "request": GenerateContentRequest}``."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return f"line-{number}", None, None
+    if not isinstance(item, dict):
+        return f"line-{number}", None, None
+    return str(item.get("key", f"line-{number}")), item.get("request"), None
+
+
+def _resource_id() -> str:
+    """A resource id like the API's: lowercase letters and digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def _now() -> str:
+    return _rfc3339(datetime.datetime.now(datetime.UTC))
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    """A google.protobuf.Timestamp in JSON form: "2025-07-01T12:00:00.123456Z"."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _invalid_key_reply() -> Reply:
