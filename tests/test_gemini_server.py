@@ -271,3 +271,116 @@ def test_wrong_api_key_and_unknown_method_are_client_errors() -> None:
         with pytest.raises(errors.ClientError) as caught:
             client.models.count_tokens(model=TEXT_MODEL, contents="x")
         assert caught.value.code == 404
+
+
+# --- the model catalogue ------------------------------------------------------------------------
+
+CATALOGUE = [
+    gemini.ModelInfo(IMAGE_MODEL, display_name="Nano Banana"),
+    gemini.ModelInfo(TEXT_MODEL, display_name="Gemini 2.5 Flash"),
+]
+
+
+@pytest.fixture
+def catalogue_server() -> Iterator[gemini.GeminiTestServer]:
+    with gemini.GeminiTestServer(models=CATALOGUE, api_key="test-key") as running:
+        yield running
+
+
+def test_models_get_answers_with_the_model_resource(catalogue_server: gemini.GeminiTestServer) -> None:
+    client = make_client(catalogue_server, api_version="v1beta")
+    model = client.models.get(model=IMAGE_MODEL)
+
+    assert model.name == f"models/{IMAGE_MODEL}" and model.display_name == "Nano Banana"
+    assert model.supported_actions == ["generateContent", "countTokens", "batchGenerateContent"]
+    assert (model.input_token_limit, model.output_token_limit) == (32_768, 32_768)
+    assert model.version and model.temperature == 1 and model.top_k == 64
+    assert client.models.get(model=f"models/{TEXT_MODEL}").thinking is True
+
+    [first, second] = catalogue_server.requests
+    assert (first.method, first.path, first.kind, first.model) == (
+        "GET",
+        f"/v1beta/models/{IMAGE_MODEL}",
+        "get_model",
+        IMAGE_MODEL,
+    )
+    assert first.api_key == "test-key" and first.status == 200 and second.status == 200
+
+
+@pytest.mark.parametrize("call", ["get", "generate_content"])
+def test_an_unknown_model_is_googles_404(catalogue_server: gemini.GeminiTestServer, call: str) -> None:
+    client = make_client(catalogue_server, api_version="v1beta")
+    with pytest.raises(errors.ClientError) as caught:
+        if call == "get":
+            client.models.get(model="gemini-1.0-pro-vision")
+        else:
+            client.models.generate_content(model="gemini-1.0-pro-vision", contents="x")
+
+    assert (caught.value.code, caught.value.status) == (404, "NOT_FOUND")
+    method = "get" if call == "get" else "generateContent"
+    assert caught.value.message == (
+        f"models/gemini-1.0-pro-vision is not found for API version v1beta, or is not supported for {method}. "
+        "Call ListModels to see the list of available models and their supported methods."
+    )
+    assert [r.status for r in catalogue_server.requests] == [404]
+
+
+def test_models_list_pages_through_the_catalogue(catalogue_server: gemini.GeminiTestServer) -> None:
+    client = make_client(catalogue_server)
+    assert [m.name for m in client.models.list()] == [f"models/{IMAGE_MODEL}", f"models/{TEXT_MODEL}"]
+
+    catalogue_server.reset()
+    paged = list(client.models.list(config={"page_size": 1}))
+    assert [m.display_name for m in paged] == ["Nano Banana", "Gemini 2.5 Flash"]
+    assert catalogue_server.request_counts == {"list_models": 2}  # one request a page
+
+    with gemini.GeminiTestServer() as anything_goes:  # no catalogue: nothing listed, any id served
+        open_client = make_client(anything_goes)
+        assert list(open_client.models.list()) == []
+        assert open_client.models.get(model="gemini-9-ultra").name == "models/gemini-9-ultra"
+
+
+def test_a_model_retired_mid_run_answers_404(catalogue_server: gemini.GeminiTestServer) -> None:
+    client = make_client(catalogue_server)
+    assert image_parts(client.models.generate_content(model=IMAGE_MODEL, contents="x"))
+
+    catalogue_server.remove_model(IMAGE_MODEL)
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model=IMAGE_MODEL, contents="x")
+    assert caught.value.code == 404
+    assert [m.name for m in client.models.list()] == [f"models/{TEXT_MODEL}"]
+
+    catalogue_server.add_model(gemini.ModelInfo("portrait-painter", kind="image"))  # kind, not the id, decides
+    assert image_parts(client.models.generate_content(model="portrait-painter", contents="x"))
+    assert catalogue_server.request_counts == {"generate_content": 3, "list_models": 1}
+    assert [r.status for r in catalogue_server.requests] == [200, 404, 200, 200]
+
+
+def test_the_catalogue_checks_the_api_key_first() -> None:
+    with gemini.GeminiTestServer(models=[TEXT_MODEL], api_key="right-key") as server:
+        client = make_client(server)  # sends "test-key"
+        for call in (lambda: client.models.get(model="unknown"), lambda: list(client.models.list())):
+            with pytest.raises(errors.ClientError) as caught:
+                call()
+            assert caught.value.code == 400
+        assert [(r.kind, r.status) for r in server.requests] == [("get_model", 400), ("list_models", 400)]
+
+        with pytest.raises(RuntimeError):
+            gemini.GeminiTestServer().remove_model(TEXT_MODEL)  # no catalogue to change
+
+
+def test_scripted_replies_go_to_the_requests_of_their_kind(catalogue_server: gemini.GeminiTestServer) -> None:
+    catalogue_server.enqueue(gemini.unavailable_reply(), gemini.slow_reply(0.2), kind="get_model")
+    client = make_client(catalogue_server)
+
+    assert client.models.generate_content(model=TEXT_MODEL, contents="x").text  # not scripted
+    with pytest.raises(errors.ServerError):
+        client.models.get(model=TEXT_MODEL)
+    assert client.models.get(model=TEXT_MODEL).name == f"models/{TEXT_MODEL}"  # the normal answer, late
+
+    assert [(r.kind, r.status, r.scripted) for r in catalogue_server.requests] == [
+        ("generate_content", 200, False),
+        ("get_model", 503, True),
+        ("get_model", 200, True),
+    ]
+    assert (catalogue_server.requests[2].duration_s or 0) >= 0.2
