@@ -14,6 +14,7 @@ from portrait_pipeline.db.models import Player, PlayerImageAsset, PlayerImageSna
 from portrait_pipeline.gemini import GeminiResource
 from portrait_pipeline.io_managers import PortraitIOManager
 from portrait_pipeline.partitions import portrait_partition_key
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from portrait_pipeline.resources import DatabaseResource, ImageStorageResource
 from tests.helpers import materialize_portraits, resources_for
 
@@ -55,11 +56,11 @@ def test_materializing_a_partition_stores_every_player_and_audits_it(
     materialization = result.asset_materializations_for_node("player_portraits")[0]
     metadata = materialization.metadata
     assert metadata["generated"].value == 20
-    assert metadata["prompt_version"].value == "v2.1"
+    assert metadata["prompt_version"].value == SYSTEM_PROMPT_VERSION
     assert "data:image/png;base64," in str(metadata["preview"].value)
     assert metadata["images"].value == 20
     table = str(metadata["players"].value)
-    assert table.count("| succeeded | v2.1 |") == 20 and "Tomás Ibáñez" in table
+    assert table.count(f"| succeeded | {SYSTEM_PROMPT_VERSION} |") == 20 and "Tomás Ibáñez" in table
 
 
 def test_contact_sheet_holds_one_tile_per_image_and_is_stored_next_to_them(

@@ -118,6 +118,7 @@ def test_production_policy_reads_a_reference_of_exactly_10_mb(
 # Changed the prompt on purpose? Bump SYSTEM_PROMPT_VERSION in portrait_pipeline/prompts.py and add a row.
 SYSTEM_PROMPT_DIGESTS = {
     "v2.1": "46998a280859bc944bb40339fee5bce66039617736d600aa32d8fc2b14a29fb9",
+    "v3.0": "9a88329ba2b955c5c8f2417dcaa708fe83ba86542f39667f9d4ab0a8f7968928",  # player data block
 }
 
 
