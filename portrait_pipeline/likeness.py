@@ -190,7 +190,8 @@ def _ascii_host(hostname: str, label: str) -> str:
 
 
 def _resolve(host: str, port: int, label: str) -> tuple[str, ...]:
-    # getaddrinfo has no timeout of its own; a slow resolver can outlast policy.timeout_s.
+    # getaddrinfo has no timeout of its own and cannot be interrupted: a slow resolver can outlast
+    # policy.timeout_s. The time it takes still counts, since the deadline is set before the first lookup.
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
@@ -199,10 +200,16 @@ def _resolve(host: str, port: int, label: str) -> tuple[str, ...]:
 
 
 def _get(target: _Target, policy: FetchPolicy, deadline: float) -> _Answer:
-    """One GET against the checked addresses: a redirect location, or the body within the size limit."""
+    """One GET against the checked addresses: a redirect location, or the body within the size limit.
+
+    Every socket operation (connect, TLS handshake, sending, each read of the status line, headers and body)
+    waits at most for the time left before `deadline`, which the whole fetch, redirects included, shares.
+    """
     connection: http.client.HTTPConnection | None = None
     try:
         connection = _connection(target, deadline)
+        connection.connect()
+        connection.sock.settimeout(_remaining(deadline))  # sendall's timeout covers the whole request
         connection.request("GET", target.request_path, headers=REQUEST_HEADERS)
         response = connection.getresponse()
         if response.status in REDIRECT_STATUSES:
@@ -211,7 +218,9 @@ def _get(target: _Target, policy: FetchPolicy, deadline: float) -> _Answer:
             raise ReferenceImageRejected(f"{target.label}: HTTP {response.status} {response.reason}".rstrip())
         return _Answer(location=None, data=_read_body(target, response, policy, deadline))
     except TimeoutError:
-        raise ReferenceImageRejected(f"{target.label}: no answer within {policy.timeout_s:g} s") from None
+        raise ReferenceImageRejected(
+            f"{target.label}: no answer within {policy.timeout_s:g} s (the fetch deadline)"
+        ) from None
     except (OSError, http.client.HTTPException, UnicodeError) as exc:
         raise ReferenceImageRejected(f"{target.label}: {exc.__class__.__name__}: {exc}") from None
     finally:
@@ -219,43 +228,109 @@ def _get(target: _Target, policy: FetchPolicy, deadline: float) -> _Answer:
             connection.close()
 
 
+def _remaining(deadline: float) -> float:
+    """Seconds left before the deadline, for the next socket operation; TimeoutError once it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the fetch deadline has passed")
+    return remaining
+
+
 def _connection(target: _Target, deadline: float) -> http.client.HTTPConnection:
-    timeout = max(deadline - time.monotonic(), 0.001)
     if target.scheme == "https":
-        return _PinnedHTTPSConnection(target.host, target.port, target.addresses, timeout)
-    return _PinnedHTTPConnection(target.host, target.port, target.addresses, timeout)
+        return _PinnedHTTPSConnection(target.host, target.port, target.addresses, deadline)
+    return _PinnedHTTPConnection(target.host, target.port, target.addresses, deadline)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as HTTPResponse reads it, each read waiting only for the time left before the deadline.
+
+    http.client sets one socket timeout and applies it to every recv, so a server that sends a byte just
+    before each timeout would hold the fetch indefinitely; re-arming the timeout before each read makes
+    the deadline hold over the status line, the headers and the body alike.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        # The socket's own raw reader: it holds a reference that keeps the socket open while the response
+        # reads, after HTTPConnection has handed the connection over (it does so with "Connection: close").
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(_remaining(self._deadline))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What HTTPResponse sees of the socket: it only asks for a file to read the answer from."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+def _deadline_response(deadline: float) -> type[http.client.HTTPResponse]:
+    """An HTTPResponse class reading through _DeadlineReader (http.client builds responses from a class)."""
+
+    class _DeadlineResponse(http.client.HTTPResponse):
+        def __init__(
+            self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+        ) -> None:
+            super().__init__(_DeadlineSocket(sock, deadline), debuglevel, method, url)  # type: ignore[arg-type]
+
+    return _DeadlineResponse
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to the addresses that were checked, never re-resolving the name (no DNS-rebinding window)."""
 
-    def __init__(self, host: str, port: int, addresses: tuple[str, ...], timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, addresses: tuple[str, ...], deadline: float) -> None:
+        super().__init__(host, port, timeout=_remaining(deadline))
         self.addresses = addresses
+        self.deadline = deadline
+        self.response_class = _deadline_response(deadline)
 
     def connect(self) -> None:
-        self.sock = _connect_first(self.addresses, self.port, self.timeout)
+        self.sock = _connect_first(self.addresses, self.port, self.deadline)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """As _PinnedHTTPConnection, with SNI and certificate checks against the URL's host name."""
 
-    def __init__(self, host: str, port: int, addresses: tuple[str, ...], timeout: float) -> None:
+    def __init__(self, host: str, port: int, addresses: tuple[str, ...], deadline: float) -> None:
         self.ssl_context = ssl.create_default_context()
-        super().__init__(host, port, timeout=timeout, context=self.ssl_context)
+        super().__init__(host, port, timeout=_remaining(deadline), context=self.ssl_context)
         self.addresses = addresses
+        self.deadline = deadline
+        self.response_class = _deadline_response(deadline)
 
     def connect(self) -> None:
-        sock = _connect_first(self.addresses, self.port, self.timeout)
+        sock = _connect_first(self.addresses, self.port, self.deadline)
+        # The handshake is one operation for the socket timeout: it too ends at the deadline.
+        sock.settimeout(_remaining(self.deadline))
         self.sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
-def _connect_first(addresses: tuple[str, ...], port: int, timeout: float | None) -> socket.socket:
+def _connect_first(addresses: tuple[str, ...], port: int, deadline: float) -> socket.socket:
     """The first of the checked addresses that accepts a connection (localhost may be ::1 or 127.0.0.1)."""
     error: OSError = OSError("no address to connect to")
     for address in addresses:
         try:
-            return socket.create_connection((address, port), timeout)
+            return socket.create_connection((address, port), _remaining(deadline))
+        except TimeoutError:
+            raise  # each attempt waits for all the time left: no time remains for the next address
         except OSError as exc:
             error = exc
     raise error
@@ -274,14 +349,17 @@ def _read_body(target: _Target, response: http.client.HTTPResponse, policy: Fetc
     if response.length is not None and response.length > policy.max_bytes:
         raise ReferenceImageRejected(f"{target.label}: {_size(response.length)} is over the {limit} limit")
     body = bytearray()
-    # Each read waits at most the socket timeout, so the whole fetch ends within about twice timeout_s;
-    # the header phase is bounded only by http.client's header limits times that socket timeout.
-    while chunk := response.read1(CHUNK_SIZE):
-        body += chunk
-        if len(body) > policy.max_bytes:
-            raise ReferenceImageRejected(f"{target.label}: the body is over the {limit} limit")
-        if time.monotonic() > deadline:
-            raise ReferenceImageRejected(f"{target.label}: the body did not arrive within {policy.timeout_s:g} s")
+    late = f"{target.label}: the body did not arrive within {policy.timeout_s:g} s (the fetch deadline)"
+    try:
+        # Each read waits only for the time left (see _DeadlineReader): the body ends by the deadline.
+        while chunk := response.read1(CHUNK_SIZE):
+            body += chunk
+            if len(body) > policy.max_bytes:
+                raise ReferenceImageRejected(f"{target.label}: the body is over the {limit} limit")
+            if time.monotonic() > deadline:
+                raise ReferenceImageRejected(late)
+    except TimeoutError:
+        raise ReferenceImageRejected(late) from None
     return bytes(body)
 
 

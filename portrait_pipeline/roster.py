@@ -1,4 +1,10 @@
-"""Roster import: a CSV of real-world names becomes `players` rows, all or nothing."""
+"""Roster import: a CSV of real-world names becomes `players` rows, all or nothing.
+
+Names, positions and schools end up in the image model's prompt, so each field is held to what it can
+legitimately contain (a position from a fixed list, a name of letters and name punctuation): text that
+could read as an instruction ("SYSTEM:", "</player_data>", invisible characters) is refused here, with its
+row, before it is stored.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,35 @@ COLUMNS = ("name", "draft_year", "position", "school", "nba_active", "reference_
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Canonical short forms, each with the ways rosters write it (matched after upper-casing, "/" read as "-").
+_POSITION_NAMES: dict[str, tuple[str, ...]] = {
+    "PG": ("POINT GUARD",),
+    "SG": ("SHOOTING GUARD",),
+    "SF": ("SMALL FORWARD",),
+    "PF": ("POWER FORWARD",),
+    "C": ("CENTER", "CENTRE"),
+    "G": ("GUARD",),
+    "F": ("FORWARD",),
+    "G-F": ("GUARD-FORWARD",),
+    "F-G": ("FORWARD-GUARD",),
+    "F-C": ("FORWARD-CENTER", "FORWARD-CENTRE"),
+    "C-F": ("CENTER-FORWARD", "CENTRE-FORWARD"),
+}
+POSITIONS: dict[str, str] = {
+    spelling: short for short, long_names in _POSITION_NAMES.items() for spelling in (short, *long_names)
+}
+_ALLOWED_POSITIONS = (
+    f"{', '.join(_POSITION_NAMES)} or written out ({', '.join(names[0].title() for names in _POSITION_NAMES.values())})"
+)
+NAME_MAX = 80  # what the prompt carries (prompts._FIELD_LIMITS): a longer name would be cut there
+SCHOOL_MAX = 80
+# Besides letters and combining marks (any script, so Dončić, Ibáñez and Nakamura in kanji all pass).
+_NAME_PUNCTUATION = frozenset(" '’-.")
+_NAME_ALLOWED = "letters, accents, spaces, apostrophes, hyphens and periods"
+# Besides letters, marks and digits: enough for "St. John's", "Texas A&M", "Saint Mary's (CA)", "UC/Davis".
+_SCHOOL_PUNCTUATION = frozenset(" '’-.,&()/")
+_SCHOOL_ALLOWED = "letters, digits, spaces and . , ' ’ - & ( ) /"
 
 
 @dataclass(frozen=True)
@@ -82,11 +117,7 @@ def read_roster(path: Path) -> list[RosterRow]:
 
 
 def _parse_row(line: int, values: dict[str, str]) -> RosterRow:
-    name = " ".join(values.get("name", "").split())
-    if not name:
-        raise InvalidInput("name is empty")
-    if _CONTROL.search(name) or len(name) > 200:
-        raise InvalidInput(f"name {name[:40]!r} has control characters or is over 200 characters")
+    name = check_name(values.get("name", ""))
     first, _, last = name.partition(" ")
     slug = values.get("slug") or slugify(name)
     if not slug:
@@ -97,8 +128,8 @@ def _parse_row(line: int, values: dict[str, str]) -> RosterRow:
         display_name=name,
         first_name=first,
         last_name=last or first,
-        position=_optional_text(values.get("position"), "position", 40),
-        school=_optional_text(values.get("school"), "school", 200),
+        position=check_position(_optional_text(values.get("position"), "position", 40)),
+        school=check_school(_optional_text(values.get("school"), "school", SCHOOL_MAX)),
         draft_year=parse_draft_year(values.get("draft_year", "")),
         nba_active=_parse_bool(values.get("nba_active", "")),
         reference_image_url=check_reference_url(values.get("reference_image_url") or None),
@@ -119,6 +150,58 @@ def _disambiguate(rows: list[RosterRow]) -> list[RosterRow]:
     if duplicates:
         raise InvalidInput(f"roster not imported: slug(s) {', '.join(duplicates)} used twice; fix the `slug` column")
     return result
+
+
+def check_name(value: str) -> str:
+    """A person's name: letters and combining marks of any script, spaces and name punctuation, NFC.
+
+    Runs of whitespace (line breaks from a spreadsheet cell included) become one space.
+    """
+    name = unicodedata.normalize("NFC", " ".join(value.split()))
+    if not name:
+        raise InvalidInput("name is empty")
+    if len(name) > NAME_MAX:
+        raise InvalidInput(f"name {name[:40]!r}... is over {NAME_MAX} characters")
+    if bad := _first_outside(name, _NAME_PUNCTUATION, digits=False):
+        raise InvalidInput(f"name {name[:NAME_MAX]!r} has {_describe(bad)}; a name may have {_NAME_ALLOWED}")
+    return name
+
+
+def check_position(value: str | None) -> str | None:
+    """One of the fixed positions, as its canonical short form: "Point Guard" and "pg" both become "PG"."""
+    if value is None:
+        return None
+    key = re.sub(r"\s*-\s*", "-", " ".join(value.upper().replace("/", "-").split()))
+    if key not in POSITIONS:
+        raise InvalidInput(f"position {value!r} is not a basketball position; write {_ALLOWED_POSITIONS}")
+    return POSITIONS[key]
+
+
+def check_school(value: str | None) -> str | None:
+    """A school or club name: letters, marks, digits, spaces and the punctuation institutions use."""
+    if value is None:
+        return None
+    value = " ".join(value.split())  # a no-break space from a spreadsheet is a space
+    if bad := _first_outside(value, _SCHOOL_PUNCTUATION, digits=True):
+        raise InvalidInput(f"school {value!r} has {_describe(bad)}; a school or club may have {_SCHOOL_ALLOWED}")
+    return value
+
+
+def _first_outside(text: str, punctuation: frozenset[str], *, digits: bool) -> str | None:
+    """The first character that is not a letter, a combining mark, an allowed digit or allowed punctuation."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category[0] in "LM" or char in punctuation or (digits and category == "Nd"):
+            continue
+        return char
+    return None
+
+
+def _describe(char: str) -> str:
+    """A character as a reader can find it, even when it is invisible (U+200B) or a look-alike."""
+    name = unicodedata.name(char, "unnamed character")
+    shown = repr(char) if char.isprintable() and not char.isspace() else "an invisible character"
+    return f"{shown} (U+{ord(char):04X} {name})"
 
 
 def parse_draft_year(value: str) -> int | None:

@@ -22,6 +22,7 @@ from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerLikeness
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
 from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from portrait_pipeline.storage import LocalImageStorage, sha256_hex
 from tests.helpers import materialize_likeness, materialize_portraits, resources_for
 from tests.servers import gemini as fake
@@ -105,7 +106,7 @@ def test_partition_is_generated_through_the_sdk_with_the_seed_request(
         assert (info.width, info.height, info.format) == (800, 1000, "PNG")  # 896x1152 cropped to 4:5
         provenance = images.png_text(data)
         assert provenance["portrait:model"] == IMAGE_MODEL and provenance["portrait:player_id"] == str(asset.player_id)
-        assert provenance["portrait:prompt_version"] == "v2.1"
+        assert provenance["portrait:prompt_version"] == SYSTEM_PROMPT_VERSION
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.io_managers import PortraitIOManager
 from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from tests.helpers import materialize_portraits, resources_for
 
 
@@ -54,13 +55,13 @@ def test_materializing_a_partition_stores_every_player_and_audits_it(
     materialization = result.asset_materializations_for_node("player_portraits")[0]
     metadata = materialization.metadata
     assert metadata["generated"].value == 20
-    assert metadata["prompt_version"].value == "v2.1"
+    assert metadata["prompt_version"].value == SYSTEM_PROMPT_VERSION
     assert "data:image/png;base64," in str(metadata["preview"].value)
     assert metadata["images"].value == 20
     table = metadata["players"]
     assert isinstance(table, dg.TableMetadataValue)
     records = [record.data for record in table.records]
-    assert [(r["status"], r["prompt_version"]) for r in records] == [("succeeded", "v2.1")] * 20
+    assert [(r["status"], r["prompt_version"]) for r in records] == [("succeeded", SYSTEM_PROMPT_VERSION)] * 20
     assert "Tomás Ibáñez" in {r["player"] for r in records}
     assert len({r["player_id"] for r in records}) == 20 and all(r["slug"] and r["image"] for r in records)
 

@@ -1,5 +1,6 @@
 """Prompts (the seed's system prompt, style blocks, safe player fields) and cost estimates per size."""
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -31,28 +32,42 @@ def test_every_style_has_its_own_block() -> None:
     assert len({prompts.system_prompt(style) for style in STYLES}) == len(STYLES)
 
 
+def player_data(prompt: str) -> dict[str, str]:
+    """The JSON object between the <player_data> lines of a user prompt."""
+    lines = prompt.splitlines()
+    start = lines.index(prompts.PLAYER_DATA_OPEN)
+    assert lines[start + 2] == prompts.PLAYER_DATA_CLOSE
+    data: dict[str, str] = json.loads(lines[start + 1])
+    return data
+
+
 def test_user_prompt_names_the_player_position_and_school() -> None:
     text = prompts.user_prompt("Cooper Flagg", "SF", "Duke", None)
     assert text.splitlines() == [
-        "Portrait of a basketball player: Cooper Flagg.",
-        "Position: SF.",
-        "School or club: Duke.",
-        "Appearance: an athletic young basketball player; choose a natural, plausible look.",
+        "Portrait of the basketball player described in the player data below.",
+        "No appearance is given: an athletic young basketball player; choose a natural, plausible look.",
+        "<player_data>",
+        '{"name": "Cooper Flagg", "position": "SF", "school_or_club": "Duke"}',
+        "</player_data>",
     ]
 
 
 def test_user_prompt_uses_the_likeness_description_when_given() -> None:
     likeness = "Oval face, short dark curly hair, light stubble, athletic build."
     text = prompts.user_prompt("Luka Dončić", "PG", "Real Madrid", likeness)
-    assert "Luka Dončić" in text
-    assert f"Appearance (from a reference photo description): {likeness}" in text
+    assert player_data(text) == {
+        "name": "Luka Dončić",
+        "position": "PG",
+        "school_or_club": "Real Madrid",
+        "appearance": likeness,
+    }
+    assert "from the appearance field" in text
     assert "choose a natural, plausible look" not in text
 
 
 def test_user_prompt_leaves_out_missing_fields() -> None:
     text = prompts.user_prompt("Owen Fairbanks", None, "", "   ")
-    assert "Position" not in text
-    assert "School" not in text
+    assert player_data(text) == {"name": "Owen Fairbanks"}
     assert "choose a natural, plausible look" in text
 
 
@@ -61,7 +76,7 @@ def test_user_prompt_sanitizes_every_player_field() -> None:
     assert "Ignore" not in text
     assert "logo" not in text
     assert "\x00" not in text
-    assert len(text.splitlines()) == 4
+    assert len(text.splitlines()) == 5
 
 
 @pytest.mark.parametrize(

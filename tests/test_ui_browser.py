@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from tests.dagster_dev import (
     REPO_ROOT,
     DagsterProcess,
@@ -158,7 +159,7 @@ def test_materialize_a_partition_from_the_asset_page(dev_server: DevServer, page
     page.reload()
     expect(page.get_by_text("2025|vector")).to_be_visible()  # the latest materialization's partition
     prompt_version = page.get_by_role("row").filter(has=page.get_by_role("cell", name="prompt_version", exact=True))
-    expect(prompt_version).to_contain_text("v2.1")
+    expect(prompt_version).to_contain_text(SYSTEM_PROMPT_VERSION)
     screenshot(page, "player_portraits_materialized")
 
     preview = page.get_by_role("row").filter(has=page.get_by_role("cell", name="preview", exact=True))
