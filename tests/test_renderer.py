@@ -6,8 +6,9 @@ import itertools
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from portrait_pipeline.generation.offline import render_portrait
-from portrait_pipeline.styles import STYLES, Style
+from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.generation.offline import BACKGROUNDS, render_portrait
+from portrait_pipeline.styles import STYLE_TABLE, STYLES, Style
 
 SEED = "17:cooper-flagg"
 SMALL = (400, 500)  # the "512" size: fast enough to render many times per test
@@ -80,3 +81,14 @@ def test_default_style_uses_brand_blue() -> None:
     worst_channel = ImageChops.lighter(ImageChops.lighter(red, green), blue)
     near_brand_blue = sum(worst_channel.histogram()[:13])  # every channel within 12 of #4A7FB8
     assert near_brand_blue > 0.1 * image.width * image.height
+
+
+def test_an_unknown_style_is_an_error_not_another_styles_look() -> None:
+    with pytest.raises(InvalidInput, match=r"style 'neon': choose default, vector, comic, retro"):
+        render_portrait(SEED, "neon", *SMALL)  # type: ignore[arg-type]
+
+
+def test_every_style_has_one_table_entry_with_a_background_the_renderer_draws() -> None:
+    assert set(STYLE_TABLE) == set(STYLES)
+    assert {spec.look.background for spec in STYLE_TABLE.values()} <= set(BACKGROUNDS)
+    assert len({spec.prompt_block for spec in STYLE_TABLE.values()}) == len(STYLES)

@@ -13,17 +13,25 @@ import hashlib
 import io
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
 from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
-from portrait_pipeline.styles import Style
+from portrait_pipeline.styles import (
+    BLUE,
+    CYAN,
+    LIGHT_BLUE,
+    NAVY,
+    PALE_PEACH,
+    PEACH,
+    Background,
+    Style,
+    style_spec,
+)
 
 DESIGN_W, DESIGN_H = 800, 1000
-BLUE, PEACH, CYAN = "#4A7FB8", "#E8B4A8", "#06b6d4"
-NAVY, LIGHT_BLUE, PALE_PEACH, DARK_CYAN = "#24466F", "#7FA7D4", "#F6DCD3", "#0E7490"
 
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]
@@ -39,20 +47,6 @@ SKIN_RAMPS: tuple[tuple[str, str, str], ...] = (
 )
 HAIR_COLORS = ("#1B1410", "#2E1F16", "#4A3020", "#6B4226", "#B08850")
 HAIRCUTS = ("buzz", "flattop", "afro", "curls", "bald", "fade")
-# Per style: (jersey, trim) pairs picked by the seed, outline ink and its design-space width.
-JERSEYS: dict[Style, tuple[tuple[str, str], ...]] = {
-    "default": ((NAVY, CYAN), ("#F4F7FB", BLUE), (DARK_CYAN, PALE_PEACH)),
-    "vector": ((NAVY, CYAN), ("#F4F7FB", BLUE), (PEACH, NAVY)),
-    "comic": ((BLUE, "#FFFFFF"), ("#FFFFFF", BLUE), (CYAN, NAVY)),
-    "retro": (("#5D7A96", "#EADBC0"), ("#EADBC0", "#A4553A"), ("#4E8A8A", "#EADBC0")),
-}
-BACKDROP: dict[Style, str] = {"default": BLUE, "vector": BLUE, "comic": PALE_PEACH, "retro": "#EADBC0"}
-INK: dict[Style, tuple[str | None, float]] = {
-    "default": (None, 0),
-    "vector": ("#13243A", 9),
-    "comic": ("#000000", 12),
-    "retro": (None, 0),
-}
 
 
 class _Pen:
@@ -94,39 +88,53 @@ def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: in
     return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles]
 
 
-def _background(pen: _Pen, style: Style, rng: random.Random) -> None:
-    """Fill the whole design space with the style's geometric backdrop."""
-    if style == "default":
-        pen.ellipse((90, 140, 710, 760), LIGHT_BLUE)
-        for _ in range(5):
-            x, y, r = rng.uniform(40, 760), rng.uniform(40, 640), rng.uniform(18, 60)
-            pen.ellipse((x - r, y - r, x + r, y + r), rng.choice((CYAN, PALE_PEACH)))
-        x0 = rng.uniform(-200, 200)
-        pen.polygon([(x0, 1000), (x0 + 120, 1000), (x0 + 720, 0), (x0 + 600, 0)], CYAN)
-    elif style == "vector":
-        colors, x, i = (BLUE, NAVY, CYAN, PEACH, LIGHT_BLUE), -1000.0, rng.randrange(5)
-        while x < DESIGN_W + 200:
-            w = rng.uniform(90, 170)
-            pen.polygon([(x, 1000), (x + w, 1000), (x + w + 1000, 0), (x + 1000, 0)], colors[i % 5], True)
-            x, i = x + w, i + 1
-    elif style == "comic":
-        cx, cy = rng.uniform(150, 650), rng.uniform(100, 400)
-        for gy in range(0, DESIGN_H + 40, 40):
-            for gx in range(-20 * (gy // 40 % 2), DESIGN_W + 40, 40):
-                r = 3 + 14 * min(1.0, math.hypot(gx - cx, gy - cy) / 700)
-                pen.ellipse((gx - r, gy - r, gx + r, gy + r), BLUE)
-        spikes = rng.randint(11, 16)
-        star = [
-            (400 + r * math.cos(math.pi * k / spikes), 450 + r * math.sin(math.pi * k / spikes))
-            for k, r in enumerate((210, 330) * spikes)
-        ]
-        pen.polygon(star, CYAN, True)
-    else:  # retro: cream paper with a sunburst from behind the head
-        rays, turn = 18, rng.uniform(0, 20)
-        for k in range(0, rays, 2):
-            a0, a1 = turn + 360 * k / rays, turn + 360 * (k + 1) / rays
-            pen.polygon([(400, 470), *_arc(400, 470, 1400, 1400, a0, a1, 2)], "#D9A56A")
-        pen.ellipse((170, 222, 630, 682), "#C8714F")
+def _rings(pen: _Pen, rng: random.Random) -> None:
+    pen.ellipse((90, 140, 710, 760), LIGHT_BLUE)
+    for _ in range(5):
+        x, y, r = rng.uniform(40, 760), rng.uniform(40, 640), rng.uniform(18, 60)
+        pen.ellipse((x - r, y - r, x + r, y + r), rng.choice((CYAN, PALE_PEACH)))
+    x0 = rng.uniform(-200, 200)
+    pen.polygon([(x0, 1000), (x0 + 120, 1000), (x0 + 720, 0), (x0 + 600, 0)], CYAN)
+
+
+def _bands(pen: _Pen, rng: random.Random) -> None:
+    colors, x, i = (BLUE, NAVY, CYAN, PEACH, LIGHT_BLUE), -1000.0, rng.randrange(5)
+    while x < DESIGN_W + 200:
+        w = rng.uniform(90, 170)
+        pen.polygon([(x, 1000), (x + w, 1000), (x + w + 1000, 0), (x + 1000, 0)], colors[i % 5], True)
+        x, i = x + w, i + 1
+
+
+def _halftone(pen: _Pen, rng: random.Random) -> None:
+    cx, cy = rng.uniform(150, 650), rng.uniform(100, 400)
+    for gy in range(0, DESIGN_H + 40, 40):
+        for gx in range(-20 * (gy // 40 % 2), DESIGN_W + 40, 40):
+            r = 3 + 14 * min(1.0, math.hypot(gx - cx, gy - cy) / 700)
+            pen.ellipse((gx - r, gy - r, gx + r, gy + r), BLUE)
+    spikes = rng.randint(11, 16)
+    star = [
+        (400 + r * math.cos(math.pi * k / spikes), 450 + r * math.sin(math.pi * k / spikes))
+        for k, r in enumerate((210, 330) * spikes)
+    ]
+    pen.polygon(star, CYAN, True)
+
+
+def _sunburst(pen: _Pen, rng: random.Random) -> None:
+    """Cream paper with a sunburst from behind the head."""
+    rays, turn = 18, rng.uniform(0, 20)
+    for k in range(0, rays, 2):
+        a0, a1 = turn + 360 * k / rays, turn + 360 * (k + 1) / rays
+        pen.polygon([(400, 470), *_arc(400, 470, 1400, 1400, a0, a1, 2)], "#D9A56A")
+    pen.ellipse((170, 222, 630, 682), "#C8714F")
+
+
+# The geometric backdrops a style's look can name (styles.OfflineLook.background).
+BACKGROUNDS: dict[Background, Callable[[_Pen, random.Random], None]] = {
+    "rings": _rings,
+    "bands": _bands,
+    "halftone": _halftone,
+    "sunburst": _sunburst,
+}
 
 
 def _bust(pen: _Pen, skin: tuple[str, str, str], jersey: tuple[str, str], rng: random.Random) -> None:
@@ -189,13 +197,14 @@ def render_portrait(seed: str, style: Style, width: int = 800, height: int = 100
     identity = random.Random(hashlib.sha256(seed.encode()).digest())
     decor = random.Random(hashlib.sha256(f"{seed}|{style}".encode()).digest())
     scale = 2 if width < 1600 else 1
-    image = Image.new("RGB", (width * scale, height * scale), BACKDROP[style])
-    pen = _Pen(image, *INK[style])
+    look = style_spec(style).look
+    image = Image.new("RGB", (width * scale, height * scale), look.backdrop)
+    pen = _Pen(image, look.ink, look.ink_width)
     skin = identity.choice(SKIN_RAMPS)
-    jersey = JERSEYS[style][identity.randrange(len(JERSEYS[style]))]
-    _background(pen, style, decor)
+    jersey = look.jerseys[identity.randrange(len(look.jerseys))]
+    BACKGROUNDS[look.background](pen, decor)
     _bust(pen, skin, jersey, identity)
-    if style == "retro":
+    if look.sepia_frame:
         sepia = ImageOps.colorize(ImageOps.grayscale(image), black="#3B2A1A", white="#F3E6C8")
         image = Image.blend(image, sepia, 0.45)
         frame, edge = round(22 * image.width / DESIGN_W), (image.width - 1, image.height - 1)
