@@ -7,10 +7,11 @@ import dagster as dg
 from sqlalchemy import select
 
 from portrait_pipeline.audit.models import PlayerImageAsset
-from portrait_pipeline.audit.serving import promote_asset
+from portrait_pipeline.audit.serving import Portrait, current_portraits, promote_asset
+from portrait_pipeline.defs.assets import player_portraits
+from portrait_pipeline.defs.io_managers import PortraitIOManager
 from portrait_pipeline.defs.manifest import build_manifest, portrait_manifest
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
-from portrait_pipeline.generation.partition import Portrait, current_portraits
 from portrait_pipeline.naming import MANIFEST_KEY
 from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, sha256_hex
 from tests.helpers import materialize_portraits, resources_for
@@ -23,8 +24,9 @@ def generate(
     gemini: GeminiResource,
     partition: tuple[str, str],
     config: dict[str, Any],
+    instance: dg.DagsterInstance,
 ) -> None:
-    assert materialize_portraits(resources_for(database, storage, gemini), partition, config).success
+    assert materialize_portraits(resources_for(database, storage, gemini), partition, config, instance).success
 
 
 def portraits(
@@ -34,9 +36,20 @@ def portraits(
         return [p for partition in partitions for p in current_portraits(db, storage.get_storage(), *partition)]
 
 
-def manifest_of(database: DatabaseResource, storage: ImageStorageResource) -> dict[str, Any]:
-    with database.session() as db:
-        return build_manifest(db, storage.get_storage())
+def materialize_manifest(storage: ImageStorageResource, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """The manifest as Dagster builds it: the portraits of every partition loaded through the image IO manager."""
+    return dg.materialize(
+        [player_portraits.to_source_asset(), portrait_manifest],
+        selection=[portrait_manifest],
+        instance=instance,
+        resources={"storage": storage, "image_io_manager": PortraitIOManager(storage=storage)},
+    )
+
+
+def manifest_of(storage: ImageStorageResource, instance: dg.DagsterInstance) -> dict[str, Any]:
+    assert materialize_manifest(storage, instance).success
+    manifest: dict[str, Any] = json.loads(storage.get_storage().get(MANIFEST_KEY))
+    return manifest
 
 
 def entries(manifest: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -50,10 +63,14 @@ def entries(manifest: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
 def test_manifest_lists_exactly_the_current_images(
     roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
 ) -> None:
-    generate(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), {"player_ids": [1, 2, 3]})
-    generate(roster_loaded, storage_resource, offline_gemini, ("2025", "comic"), {"player_ids": [1]})
-    generate(roster_loaded, storage_resource, offline_gemini, ("2026", "retro"), {"limit": 2})
-    manifest = manifest_of(roster_loaded, storage_resource)
+    instance = dg.DagsterInstance.ephemeral()
+    for partition, config in (
+        (("2025", "default"), {"player_ids": [1, 2, 3]}),
+        (("2025", "comic"), {"player_ids": [1]}),
+        (("2026", "retro"), {"limit": 2}),
+    ):
+        generate(roster_loaded, storage_resource, offline_gemini, partition, config, instance)
+    manifest = manifest_of(storage_resource, instance)
     current = portraits(roster_loaded, storage_resource, ("2025", "default"), ("2025", "comic"), ("2026", "retro"))
 
     assert manifest["version"] == 1 and manifest["count"] == len(current) == 6
@@ -78,20 +95,16 @@ def test_manifest_lists_exactly_the_current_images(
 def test_manifest_follows_a_rollback(
     roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
 ) -> None:
+    instance = dg.DagsterInstance.ephemeral()
     for size in ("512", "1K"):
-        generate(
-            roster_loaded,
-            storage_resource,
-            offline_gemini,
-            ("2025", "default"),
-            {"player_ids": [1], "image_size": size},
-        )
+        config = {"player_ids": [1], "image_size": size}
+        generate(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), config, instance)
     with roster_loaded.session() as db:
         small = db.scalars(
             select(PlayerImageAsset).where(PlayerImageAsset.player_id == 1, PlayerImageAsset.width == 400)
         ).one()
         promote_asset(db, storage_resource.get_storage(), small.id)
-    image = entries(manifest_of(roster_loaded, storage_resource))[(1, "default")]
+    image = entries(manifest_of(storage_resource, instance))[(1, "default")]
     assert (image["url"], image["sha256"], image["width"], image["height"]) == (
         small.public_url,
         small.content_sha256,
@@ -100,30 +113,33 @@ def test_manifest_follows_a_rollback(
     )
 
 
-def test_manifest_of_an_empty_audit_is_empty(
-    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource
-) -> None:
-    assert manifest_of(roster_loaded, storage_resource) == {"version": 1, "count": 0, "players": []}
+def test_manifest_of_partitions_never_materialized_is_empty(storage_resource: ImageStorageResource) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("draft_years", ["2025", "2026"])
+    assert manifest_of(storage_resource, instance) == {"version": 1, "count": 0, "players": []}
 
 
 def test_portrait_manifest_asset_writes_the_json_and_reports_where(
     roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
 ) -> None:
-    generate(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), {"player_ids": [1, 2]})
-    result = dg.materialize([portrait_manifest], resources={"database": roster_loaded, "storage": storage_resource})
+    instance = dg.DagsterInstance.ephemeral()
+    generate(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), {"player_ids": [1, 2]}, instance)
+    result = materialize_manifest(storage_resource, instance)
     assert result.success
     storage = storage_resource.get_storage()
     written = json.loads(storage.get(MANIFEST_KEY))
-    assert written == manifest_of(roster_loaded, storage_resource)
+    assert written == build_manifest(portraits(roster_loaded, storage_resource, ("2025", "default")))
     metadata = result.asset_materializations_for_node("portrait_manifest")[0].metadata
     assert metadata["count"].value == 2
     assert metadata["key"].value == MANIFEST_KEY
     assert metadata["public_url"].value == storage.public_url(MANIFEST_KEY)
 
 
-def test_portrait_manifest_is_unpartitioned_and_downstream_of_the_portraits() -> None:
+def test_portrait_manifest_is_unpartitioned_downstream_of_the_portraits_and_kept_fresh() -> None:
     assert portrait_manifest.partitions_def is None
     assert dg.AssetKey("player_portraits") in portrait_manifest.dependency_keys
+    condition = portrait_manifest.automation_conditions_by_key[portrait_manifest.key]
+    assert condition is not None and "any_deps_updated" in str(condition)
 
 
 def test_portrait_manifest_on_s3_is_json_with_a_short_cache_lifetime(
@@ -138,8 +154,7 @@ def test_portrait_manifest_on_s3_is_json_with_a_short_cache_lifetime(
         access_key_id=seaweed.writer.access_key,
         secret_access_key=seaweed.writer.secret_key,
     )
-    result = dg.materialize([portrait_manifest], resources={"database": roster_loaded, "storage": storage})
-    assert result.success
+    assert materialize_manifest(storage, dg.DagsterInstance.ephemeral()).success
     head = seaweed.client().head_object(Bucket=seaweed.bucket, Key=MANIFEST_KEY)
     assert head["ContentType"] == "application/json"
     assert head["CacheControl"] == ALIAS_CACHE_CONTROL

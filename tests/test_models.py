@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.defs.resources import DatabaseResource
@@ -157,7 +158,7 @@ def test_record_success_makes_the_new_asset_current(database: DatabaseResource) 
     assert _current_ids(database, player_id, "vector") == [vector.id]
     with database.session() as session:
         previous = session.get_one(PlayerImageAsset, first.id)
-        latest = audit.current_asset(session, player_id, "default")
+        latest = queries.current_asset(session, player_id, "default")
         assert previous.is_current is False
         assert latest is not None
         assert (latest.id, latest.status, latest.s3_key) == (second.id, "succeeded", "portraits/default/b.png")

@@ -143,8 +143,8 @@ def test_downstream_assets_load_the_png_bytes_back(
         instance=instance,
     )
     loaded = manager.load_input(context)
-    assert sorted(loaded) == [1, 2, 3]
-    assert all(images.inspect(loaded[player_id]).width == 800 for player_id in loaded)
+    assert sorted(loaded) == [(1, "default"), (2, "default"), (3, "default")]
+    assert all(images.inspect(loaded[key]).width == 800 for key in loaded)
 
 
 def test_unmigrated_database_fails_the_run_with_the_fix(

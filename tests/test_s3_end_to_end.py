@@ -151,10 +151,10 @@ def test_partition_lands_in_s3_and_every_audit_row_points_at_its_png(
         instance=instance,
     )
     loaded = PortraitIOManager(storage=storage).load_input(context)
-    assert sorted(loaded) == [asset.player_id for asset in assets]
+    assert sorted(loaded) == [(asset.player_id, asset.style) for asset in assets]
     for asset in assets:
         expected = client.get_object(Bucket=env.bucket, Key=asset.s3_key)["Body"].read()
-        assert loaded[asset.player_id] == expected
+        assert loaded[(asset.player_id, asset.style)] == expected
 
     assert env.writer.secret_key not in everything_recorded(instance, result.run_id, roster_loaded)
 

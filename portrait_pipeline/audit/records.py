@@ -208,13 +208,3 @@ def _close(db: Session, snapshot: PlayerImageSnapshot, status: str) -> None:
     snapshot.failure_count = counts.get("failed", 0)
     snapshot.status = status
     snapshot.finished_at = utcnow()
-
-
-def current_asset(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
-    return db.scalar(
-        select(PlayerImageAsset).where(
-            PlayerImageAsset.player_id == player_id,
-            PlayerImageAsset.style == style,
-            PlayerImageAsset.is_current.is_(True),
-        )
-    )

@@ -1,9 +1,11 @@
-"""Serving and reviewing portraits: the seed's `photo_url` backed by the audit, rollback, and a player's history."""
+"""What is live: the seed's `photo_url` backed by the audit, each partition's current portraits and their index in
+storage, rollback, and a player's history."""
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
 
@@ -11,18 +13,73 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import naming
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError, StorageError
-from portrait_pipeline.storage import ImageStorage, sha256_hex
+from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Portrait:
+    """A player's current image in storage: what a partition's index lists and downstream assets read."""
+
+    player_id: int
+    slug: str
+    display_name: str
+    style: str
+    key: str
+    current_key: str
+    public_url: str
+    sha256: str
+    width: int
+    height: int
+    asset_id: int
+    updated: str = ""  # when the image was generated (ISO 8601, UTC); absent from indexes of older runs
+
+
+def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
+    """Every current image of a partition, in player order."""
+    return [
+        Portrait(
+            player_id=player.id,
+            slug=player.slug,
+            display_name=player.display_name,
+            style=style,
+            key=asset.s3_key or "",
+            current_key=naming.current_key(player.id, player.slug, style),
+            public_url=asset.public_url or storage.public_url(asset.s3_key or ""),
+            sha256=asset.content_sha256 or "",
+            width=asset.width or 0,
+            height=asset.height or 0,
+            asset_id=asset.id,
+            updated=asset.created_at.isoformat(),
+        )
+        for asset, player, _ in queries.current_images(db, draft_year_key, style)
+    ]
+
+
+def write_index(storage: ImageStorage, draft_year_key: str, style: str, portraits: list[Portrait]) -> StoredObject:
+    """The partition's index: its current portraits as JSON, which downstream assets read instead of the database."""
+    payload = json.dumps([asdict(portrait) for portrait in portraits], indent=1).encode()
+    key = naming.partition_index_key(draft_year_key, style)
+    return storage.put(key, payload, immutable=False, content_type="application/json")
+
+
+def read_index(storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
+    """A partition's indexed portraits; none for a partition that was never materialized."""
+    key = naming.partition_index_key(draft_year_key, style)
+    if not storage.exists(key):
+        return []
+    return [Portrait(**row) for row in json.loads(storage.get(key))]
 
 
 def resolve_photo_url(db: Session, storage: ImageStorage, player: Player, style: str = "default") -> str:
     """The current image from the audit, else the naming-convention files (new, legacy; style, default), else a
     placeholder: the seed's lookup order."""
-    asset = audit.current_asset(db, player.id, style)
+    asset = queries.current_asset(db, player.id, style)
     if asset is not None and asset.s3_key:
         return asset.public_url or storage.public_url(asset.s3_key)
     return naming.photo_url(storage, player.id, player.slug, player.display_name, style)
@@ -41,14 +98,18 @@ def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerIm
         raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
     player = db.get_one(Player, asset.player_id)
     data = _read_audited(storage, asset.s3_key, asset.content_sha256)
-    previous = audit.current_asset(db, player.id, asset.style)
+    previous = queries.current_asset(db, player.id, asset.style)
     alias = naming.current_key(player.id, player.slug, asset.style)
     try:
-        return audit.promote(db, asset_id, publish=partial(storage.put, alias, data, immutable=False))
+        promoted = audit.promote(db, asset_id, publish=partial(storage.put, alias, data, immutable=False))
     except BaseException:
         db.rollback()
         _restore_alias(storage, alias, previous)
         raise
+    # The partition's index follows, so the manifest (built from indexes) serves the promoted image too.
+    year_key = queries.draft_year_key(player.draft_year)
+    write_index(storage, year_key, asset.style, current_portraits(db, storage, year_key, asset.style))
+    return promoted
 
 
 def _read_audited(storage: ImageStorage, key: str, sha256: str | None) -> bytes:

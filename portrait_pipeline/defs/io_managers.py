@@ -1,34 +1,33 @@
 """The image IO manager: portraits live in storage as PNGs, with a JSON index per partition, never pickles."""
 
-import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
 
 import dagster as dg
 
+from portrait_pipeline.audit.serving import Portrait, read_index, write_index
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.defs.resources import ImageStorageResource
 from portrait_pipeline.errors import StorageError
-from portrait_pipeline.generation.partition import Portrait
-from portrait_pipeline.naming import partition_index_key
 from portrait_pipeline.storage import ImageStorage
 
 
-class StoredPortraits(Mapping[int, bytes]):
-    """Player id → PNG bytes, read from storage only when asked (memory stays flat)."""
+class StoredPortraits(Mapping[tuple[int, str], bytes]):
+    """(player id, style) → PNG bytes, read from storage only when asked (memory stays flat); `portraits` lists
+    what the partitions' indexes hold (URLs, checksums, sizes) without reading any image."""
 
     def __init__(self, storage: ImageStorage, portraits: list[Portrait]) -> None:
         self._storage = storage
-        self.portraits = {portrait.player_id: portrait for portrait in portraits}
+        self.portraits = portraits
+        self._by_key = {(portrait.player_id, portrait.style): portrait for portrait in portraits}
 
-    def __getitem__(self, player_id: int) -> bytes:
-        return self._storage.get(self.portraits[player_id].key)
+    def __getitem__(self, key: tuple[int, str]) -> bytes:
+        return self._storage.get(self._by_key[key].key)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.portraits)
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return iter(self._by_key)
 
     def __len__(self) -> int:
-        return len(self.portraits)
+        return len(self._by_key)
 
 
 class PortraitIOManager(dg.ConfigurableIOManager):
@@ -42,9 +41,7 @@ class PortraitIOManager(dg.ConfigurableIOManager):
         missing = [portrait.key for portrait in obj if not storage.exists(portrait.key)]
         if missing:
             raise StorageError(f"{len(missing)} portrait(s) missing from {storage.location}: {missing[:5]}")
-        key = partition_index_key(*split_partition_key(context.partition_key))
-        payload = json.dumps([asdict(portrait) for portrait in obj], indent=1).encode()
-        stored = storage.put(key, payload, immutable=False, content_type="application/json")
+        stored = write_index(storage, *split_partition_key(context.partition_key), obj)
         context.add_output_metadata(
             {
                 "storage": storage.location,
@@ -57,10 +54,8 @@ class PortraitIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> StoredPortraits:
+        """The indexed portraits of every partition asked for (all of them for an unpartitioned reader)."""
         storage = self.storage.get_storage()
-        portraits: list[Portrait] = []
-        for partition_key in context.asset_partition_keys:
-            key = partition_index_key(*split_partition_key(partition_key))
-            if storage.exists(key):
-                portraits.extend(Portrait(**row) for row in json.loads(storage.get(key)))
+        keys = context.asset_partition_keys if context.has_asset_partitions else []
+        portraits = [p for key in keys for p in read_index(storage, *split_partition_key(key))]
         return StoredPortraits(storage, portraits)

@@ -1,53 +1,51 @@
 """The portrait manifest: one JSON file naming every current image, its URL, checksum and size."""
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit.models import Player, PlayerImageAsset
-from portrait_pipeline.defs.assets import player_portraits
-from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource
+from portrait_pipeline.audit.serving import Portrait
+from portrait_pipeline.defs.io_managers import StoredPortraits
+from portrait_pipeline.defs.resources import ImageStorageResource
 from portrait_pipeline.naming import MANIFEST_KEY
-from portrait_pipeline.storage import ImageStorage
 
 MANIFEST_VERSION = 1
 
 
-def build_manifest(db: Session, storage: ImageStorage) -> dict[str, Any]:
+def build_manifest(portraits: Iterable[Portrait]) -> dict[str, Any]:
     """Every current image, grouped by player: style → URL, sha256, width, height, when it was generated.
 
     URLs are the content-addressed history URLs, so each one always serves the bytes its sha256 names.
     """
-    rows = db.execute(
-        select(PlayerImageAsset, Player)
-        .join(Player, Player.id == PlayerImageAsset.player_id)
-        .where(PlayerImageAsset.is_current.is_(True), PlayerImageAsset.status == "succeeded")
-        .order_by(Player.id, PlayerImageAsset.style)
-    ).all()
+    ordered = sorted(portraits, key=lambda p: (p.player_id, p.style))
     players: dict[int, dict[str, Any]] = {}
-    for asset, player in rows:
-        entry = players.setdefault(player.id, {"player_id": player.id, "slug": player.slug, "images": {}})
-        entry["images"][asset.style] = {
-            "url": asset.public_url or storage.public_url(asset.s3_key or ""),
-            "sha256": asset.content_sha256,
-            "width": asset.width,
-            "height": asset.height,
-            "updated": asset.created_at.isoformat(),
+    for portrait in ordered:
+        entry = players.setdefault(portrait.player_id, {"player_id": portrait.player_id, "slug": portrait.slug})
+        entry.setdefault("images", {})[portrait.style] = {
+            "url": portrait.public_url,
+            "sha256": portrait.sha256,
+            "width": portrait.width,
+            "height": portrait.height,
+            "updated": portrait.updated,
         }
-    return {"version": MANIFEST_VERSION, "count": len(rows), "players": list(players.values())}
+    return {"version": MANIFEST_VERSION, "count": len(ordered), "players": list(players.values())}
 
 
-@dg.asset(deps=[player_portraits], group_name="portraits", kinds={"json"})
-def portrait_manifest(database: DatabaseResource, storage: ImageStorageResource) -> dg.MaterializeResult:
+@dg.asset(
+    ins={"portraits": dg.AssetIn("player_portraits")},
+    group_name="portraits",
+    kinds={"json"},
+    # Rebuilt whenever any portrait partition is materialized (the daemon's automation sensor); a partition that
+    # was never made does not hold it back, hence eager without its "every upstream exists" clause.
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+)
+def portrait_manifest(storage: ImageStorageResource, portraits: StoredPortraits) -> dg.MaterializeResult:
     """Every current portrait's URL, sha256 and size in one JSON file, for the app and the CDN."""
-    image_storage = storage.get_storage()
-    with database.session() as db:
-        manifest = build_manifest(db, image_storage)
+    manifest = build_manifest(portraits.portraits)
     payload = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    stored = image_storage.put(MANIFEST_KEY, payload, immutable=False, content_type="application/json")
+    stored = storage.get_storage().put(MANIFEST_KEY, payload, immutable=False, content_type="application/json")
     return dg.MaterializeResult(
         metadata={
             "count": manifest["count"],

@@ -14,10 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images, naming
-from portrait_pipeline.audit import queries
+from portrait_pipeline.audit import queries, serving
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player
+from portrait_pipeline.audit.serving import Portrait
 from portrait_pipeline.costs import ImageSize, estimate_cost, token_cost
 from portrait_pipeline.generation.engine import (
     DEFAULT_LIMITS,
@@ -76,23 +77,6 @@ class PartitionPlan:
     @property
     def estimated_cost_usd(self) -> Decimal:
         return estimate_cost(self.model, self.request.image_size, len(self.to_generate))
-
-
-@dataclass(frozen=True)
-class Portrait:
-    """A player's current image in storage: what the IO manager indexes and downstream assets read."""
-
-    player_id: int
-    slug: str
-    display_name: str
-    style: str
-    key: str
-    current_key: str
-    public_url: str
-    sha256: str
-    width: int
-    height: int
-    asset_id: int
 
 
 @dataclass
@@ -218,7 +202,7 @@ def run_partition(
     try:
         with session_scope(engine) as db:
             audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
-            result.portraits = current_portraits(db, service.storage, request.draft_year_key, request.style)
+            result.portraits = serving.current_portraits(db, service.storage, request.draft_year_key, request.style)
     except SQLAlchemyError as exc:
         # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
         reason = str(exc).splitlines()[0]
@@ -267,26 +251,6 @@ def _status(batch: BatchResult) -> str:
     if "failed" not in statuses:
         return "succeeded"
     return "partial" if "succeeded" in statuses else "failed"
-
-
-def current_portraits(db: Session, storage: ImageStorage, draft_year_key: str, style: str) -> list[Portrait]:
-    """Every current image of a partition, in player order."""
-    return [
-        Portrait(
-            player_id=player.id,
-            slug=player.slug,
-            display_name=player.display_name,
-            style=style,
-            key=asset.s3_key or "",
-            current_key=naming.current_key(player.id, player.slug, style),
-            public_url=asset.public_url or storage.public_url(asset.s3_key or ""),
-            sha256=asset.content_sha256 or "",
-            width=asset.width or 0,
-            height=asset.height or 0,
-            asset_id=asset.id,
-        )
-        for asset, player, _ in queries.current_images(db, draft_year_key, style)
-    ]
 
 
 def _ref(player: Player) -> PlayerRef:
