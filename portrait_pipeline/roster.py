@@ -12,6 +12,7 @@ import csv
 import io
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ _SCHOOL_PUNCTUATION = frozenset(" '’-.,&()/")
 _SCHOOL_ALLOWED = "letters, digits, spaces and . , ' ’ - & ( ) /"
 
 
+class UndraftedByOmission(UserWarning):
+    """A roster without a draft_year column: its players land in the `undrafted` partition, which may not be meant."""
+
+
 @dataclass(frozen=True)
 class RosterRow:
     line: int
@@ -96,6 +101,13 @@ def read_roster(path: Path) -> list[RosterRow]:
     if unknown:
         raise InvalidInput(f"{path}: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(COLUMNS)}")
 
+    if "draft_year" not in header:
+        warnings.warn(
+            f"{path} has no draft_year column: every player in it is imported as undrafted "
+            "(add the column; leave a cell empty for a player who really is undrafted)",
+            UndraftedByOmission,
+            stacklevel=2,
+        )
     rows: list[RosterRow] = []
     errors: list[str] = []
     end_of_previous = reader.line_num

@@ -101,7 +101,12 @@ def test_bad_roster_row_exits_2_with_the_row_and_writes_nothing(
         (["generate", "--draft-year", "2025", "--size", "3K"], "--size 3K: choose 512, 1K, 2K, 4K"),
         (["generate", "--cohort", "rookies"], "invalid choice: 'rookies'"),
         (["generate", "--player-id", "99999"], "--player-id 99999: no such player"),
-        (["generate", "--draft-year", "2031"], "no players match"),
+        (
+            ["generate", "--draft-year", "2031"],
+            "no players match; draft years in the roster: 2019, 2020, 2021, 2022, 2025, 2026, undrafted",
+        ),
+        (["generate", "--cohort", "current_draft"], "current_draft is 2030; set CURRENT_DRAFT_YEAR to change it"),
+        (["generate", "--draft-year", "2025", "--limit", "0"], "0: use a positive number"),
         (["generate"], "one of the arguments --player-id --player-slug --cohort --draft-year --all is required"),
         (["generate", "--draft-year", "2025", "--all"], "not allowed with argument"),
         (["generate", "--draft-year", "2025", "--likeness-url", "https://x.test/a.jpg"], "needs a single player"),
@@ -112,11 +117,23 @@ def test_bad_roster_row_exits_2_with_the_row_and_writes_nothing(
 def test_bad_arguments_exit_2_with_one_clear_line_and_write_nothing(
     run: Run, seeded: dict[str, str], args: list[str], message: str
 ) -> None:
-    result = run(*args)
+    result = run(*args, env={"CURRENT_DRAFT_YEAR": "2030"})
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
     assert count(seeded["DATABASE_URL"], PlayerImageSnapshot) == 0
+
+
+def test_a_roster_without_draft_years_imports_with_a_warning_that_all_are_undrafted(
+    run: Run, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run("db", "upgrade").returncode == 0
+    roster = tmp_path / "names.csv"
+    roster.write_text("name\nCooper Flagg\nDylan Harper\n", encoding="utf-8")
+    result = run("players", "import", str(roster))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "no draft_year column" in result.stderr
+    assert "draft years: undrafted" in result.stdout and count(cli_env["DATABASE_URL"], Player) == 2
 
 
 def test_unmigrated_database_exits_2_and_says_how_to_fix(run: Run, demo_roster: Path) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from portrait_pipeline.audit.models import Player
 from portrait_pipeline.defs.resources import DatabaseResource
 from portrait_pipeline.errors import InvalidInput
-from portrait_pipeline.roster import ImportResult, RosterRow, import_roster, read_roster
+from portrait_pipeline.roster import ImportResult, RosterRow, UndraftedByOmission, import_roster, read_roster
 
 HEADER = "name,draft_year,position,school,nba_active,reference_image_url"
 
@@ -121,8 +121,9 @@ def test_nba_active_accepts_common_booleans(tmp_path: Path, value: str, nba_acti
     assert _only(read_roster(_csv(tmp_path, f"Marcus Bell,2020,PG,Syracuse,{value},"))).nba_active is nba_active
 
 
-def test_minimal_roster_needs_only_names(tmp_path: Path) -> None:
-    row = _only(read_roster(_csv(tmp_path, "Cooper Flagg", header="name")))
+def test_minimal_roster_needs_only_names_and_warns_that_all_are_undrafted(tmp_path: Path) -> None:
+    with pytest.warns(UndraftedByOmission, match="no draft_year column: every player in it is imported as undrafted"):
+        row = _only(read_roster(_csv(tmp_path, "Cooper Flagg", header="name")))
     assert (row.slug, row.draft_year, row.nba_active, row.position, row.school) == (
         "cooper-flagg",
         None,
@@ -319,3 +320,8 @@ def test_import_of_the_demo_roster(demo_roster: Path, database: DatabaseResource
     assert result.created == len(rows) == _player_count(database)
     assert 2025 in result.draft_years
     assert 2026 in result.draft_years
+
+
+def test_a_roster_with_a_draft_year_column_gives_no_warning(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    read_roster(_csv(tmp_path, "Cooper Flagg,", header="name,draft_year"))
+    assert not [w for w in recwarn if issubclass(w.category, UndraftedByOmission)]

@@ -137,7 +137,11 @@ def cmd_db(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_players_import(args: argparse.Namespace, ctx: Context) -> int:
-    rows = roster.read_roster(args.file)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", roster.UndraftedByOmission)
+        rows = roster.read_roster(args.file)
+    for warning in caught:
+        print(f"portrait-pipeline: warning: {warning.message}", file=sys.stderr)
     with ctx.database.session() as session:
         result = roster.import_roster(session, rows)
     keys = [draft_year_key(year) for year in result.draft_years]
