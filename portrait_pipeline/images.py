@@ -128,7 +128,7 @@ class ContactSheet:
         columns = max(1, min(self.columns, len(tiles)))
         sheet = Image.new("RGB", (columns * tile_w, rows * (tile_h + label_h)), "#f4f6fa")
         draw = ImageDraw.Draw(sheet)
-        font = ImageFont.load_default(size=max(10, label_h - 4))
+        font, accents = label_font(max(10, label_h - 4))
 
         def thumbnail(tile: Tile) -> Image.Image:
             kept = self._kept.pop(tile.sha256, None)  # pasted once: let it go
@@ -139,13 +139,37 @@ class ContactSheet:
             for index, (tile, thumb) in enumerate(zip(tiles, pool.map(thumbnail, tiles), strict=True)):
                 x, y = (index % columns) * tile_w, (index // columns) * (tile_h + label_h)
                 sheet.paste(thumb, (x, y))
-                # Pillow's built-in font has no accented letters: label "Tomás Ibáñez" as "Tomas Ibanez".
-                label = unicodedata.normalize("NFKD", tile.name).encode("ascii", "ignore").decode("ascii")
+                label = tile.name if accents else ascii_label(tile.name)
                 draw.text((x + 4, y + tile_h + 1), label[:28], fill="#1f2a37", font=font)
         return sheet
 
     def _thumbnail(self, image: Image.Image) -> Image.Image:
         return image.convert("RGB").resize(self.tile_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+# Fonts with every Latin accent ("Tomás Ibáñez", "Dončić"): Debian's fonts-dejavu-core, then Liberation.
+LABEL_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+)
+
+
+def label_font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
+    """A font for contact-sheet labels, and whether it draws accents.
+
+    Pillow's built-in font has no accented letters; without a system font, labels fall back to ASCII.
+    """
+    for path in LABEL_FONTS:
+        try:
+            return ImageFont.truetype(path, size), True
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size), False
+
+
+def ascii_label(name: str) -> str:
+    """ "Tomás Ibáñez" as "Tomas Ibanez", for a font that has no accents."""
+    return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
 
 
 def thumbnail_png(image: Image.Image, max_width: int) -> bytes:

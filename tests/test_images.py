@@ -62,3 +62,12 @@ def test_contact_sheet_tiles_shrink_for_big_partitions_to_stay_near_8_megapixels
     tile_w, tile_h = sheet.tile_size
     assert tile_w < 160 and tile_h < 200
     assert 5000 * tile_w * tile_h <= images.MAX_SHEET_PIXELS
+
+
+def test_contact_sheet_labels_keep_accents_when_a_font_has_them() -> None:
+    font, accents = images.label_font(20)
+    if not accents:
+        pytest.skip(f"no font with accents at {images.LABEL_FONTS} (apt-get install fonts-dejavu-core)")
+    accented, plain = (font.getmask("Ibáñez Dončić"), font.getmask("Ibanez Doncic"))
+    assert bytes(accented) != bytes(plain)  # the marks are drawn, not dropped
+    assert images.ascii_label("Tomás Ibáñez") == "Tomas Ibanez"

@@ -1,5 +1,6 @@
 """Quality checks on `player_portraits`: plain functions over the audit rows and storage, thin Dagster checks."""
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from portrait_pipeline.defs.partitions import portrait_partitions, split_partiti
 from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.storage import ImageStorage, sha256_hex
+
+# Partitioned asset checks are a Dagster preview feature; the warning at every load is noise nobody can act on.
+warnings.filterwarnings("ignore", message=r".*partitions_def on an AssetCheckSpec is currently in preview")
 
 METADATA_ROWS = 50  # longer lists are cut: check metadata is for reading, the audit rows hold everything
 
