@@ -15,7 +15,7 @@ import ssl
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
 from portrait_pipeline.audit.models import Player, PlayerLikeness
-from portrait_pipeline.errors import ConfigurationError, GenerationFailed, ReferenceImageRejected
+from portrait_pipeline.errors import ConfigurationError, GenerationFailed, PortraitPipelineError, ReferenceImageRejected
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION
 from portrait_pipeline.storage import sha256_hex
 
@@ -411,6 +411,20 @@ class Likeness:
     reference_sha256: str
 
 
+DescriptionStatus = Literal["described", "reused", "refused"]
+
+
+@dataclass(frozen=True)
+class DescriptionOutcome:
+    """What happened to one player's reference: described now, an earlier description reused, or refused."""
+
+    player: str
+    url: str
+    status: DescriptionStatus
+    sha256: str
+    detail: str  # the description, or why the reference was refused
+
+
 class Describer(Protocol):
     """A vision model that turns a photo into words (Gemini's, in production)."""
 
@@ -456,6 +470,21 @@ class LikenessService:
             db.rollback()
             row = _stored(db, player.id, reference.sha256) or row
         return _likeness(row, url), True
+
+    async def describe_all(self, db: Session, targets: list[tuple[Player, str]]) -> list[DescriptionOutcome]:
+        """Describe each (player, reference URL) in turn; a refused reference is an outcome, not an error."""
+        outcomes: list[DescriptionOutcome] = []
+        for player, url in targets:
+            try:
+                likeness, described_now = await self.describe(db, player, url)
+            except PortraitPipelineError as exc:
+                outcomes.append(DescriptionOutcome(player.display_name, url, "refused", "", str(exc)))
+                continue
+            status: DescriptionStatus = "described" if described_now else "reused"
+            outcomes.append(
+                DescriptionOutcome(player.display_name, url, status, likeness.reference_sha256, likeness.description)
+            )
+        return outcomes
 
     async def for_generation(self, db: Session, player: Player, url: str) -> Likeness:
         """The newest description of this URL (from `likeness_descriptions`), or one made now."""

@@ -8,9 +8,7 @@ from functools import partial
 from typing import Any
 
 import dagster as dg
-from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit.models import Player
 from portrait_pipeline.audit.queries import players_in_draft_year
 from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import draft_years, portrait_partitions
@@ -21,10 +19,9 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     generation_service,
 )
-from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
-from portrait_pipeline.likeness import LikenessService
+from portrait_pipeline.likeness import DescriptionOutcome, LikenessService
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
 
 
@@ -46,16 +43,16 @@ def likeness_descriptions(
     with database.session() as db:
         players = players_in_draft_year(db, context.partition_key, config.player_ids)
         targets = [(p, config.likeness_url or p.reference_image_url) for p in players]
-        rows = asyncio.run(_describe_all(db, service, [(p, url) for p, url in targets if url]))
-    described = sum(1 for row in rows if row["status"] == "described")
-    refused = [row for row in rows if row["status"] == "refused"]
+        rows = asyncio.run(service.describe_all(db, [(p, url) for p, url in targets if url]))
+    described = sum(1 for row in rows if row.status == "described")
+    refused = [row for row in rows if row.status == "refused"]
     for row in refused:
-        context.log.warning(f"{row['player']}: reference refused: {row['detail']}")
+        context.log.warning(f"{row.player}: reference refused: {row.detail}")
     return dg.MaterializeResult(
         metadata={
             "players_with_reference": len(rows),
             "described_now": described,
-            "reused": sum(1 for row in rows if row["status"] == "reused"),
+            "reused": sum(1 for row in rows if row.status == "reused"),
             "refused": len(refused),
             "vision_model": gemini.vision_model if gemini.uses_gemini else "none (offline)",
             "prompt_version": LIKENESS_PROMPT_VERSION,
@@ -64,29 +61,13 @@ def likeness_descriptions(
     )
 
 
-async def _describe_all(
-    db: Session, service: LikenessService, targets: list[tuple[Player, str]]
-) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for player, url in targets:
-        row = {"player": player.display_name, "url": url, "sha256": "", "detail": ""}
-        try:
-            likeness, described_now = await service.describe(db, player, url)
-        except PortraitPipelineError as exc:
-            rows.append({**row, "status": "refused", "detail": str(exc)})
-            continue
-        status = "described" if described_now else "reused"
-        rows.append({**row, "status": status, "sha256": likeness.reference_sha256, "detail": likeness.description})
-    return rows
-
-
-def _likeness_table(rows: list[dict[str, str]]) -> str:
+def _likeness_table(rows: list[DescriptionOutcome]) -> str:
     if not rows:
         return "_no player of this draft year has a reference photo_"
     lines = ["| player | status | reference sha256 | description or reason |", "|---|---|---|---|"]
     for row in rows:
-        detail = row["detail"].replace("|", "/").replace("\n", " ")
-        lines.append(f"| {row['player']} | {row['status']} | `{row['sha256'][:16]}` | {detail} |")
+        detail = row.detail.replace("|", "/").replace("\n", " ")
+        lines.append(f"| {row.player} | {row.status} | `{row.sha256[:16]}` | {detail} |")
     return "\n".join(lines)
 
 
