@@ -159,3 +159,21 @@ def test_portrait_manifest_on_s3_is_json_with_a_short_cache_lifetime(
     assert head["ContentType"] == "application/json"
     assert head["CacheControl"] == ALIAS_CACHE_CONTROL
     assert json.loads(storage.get_storage().get(MANIFEST_KEY)) == {"version": 1, "count": 0, "players": []}
+
+
+def test_a_new_portrait_partition_makes_the_manifest_due(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("draft_years", ["2025"])
+    assets = dg.Definitions(
+        assets=[player_portraits, portrait_manifest],
+        resources=resources_for(roster_loaded, storage_resource, offline_gemini),
+    )
+    first = dg.evaluate_automation_conditions(defs=assets, instance=instance)
+    assert materialize_manifest(storage_resource, instance).success  # whatever the first tick asked, now done
+    quiet = dg.evaluate_automation_conditions(defs=assets, instance=instance, cursor=first.cursor)
+    assert quiet.get_num_requested(portrait_manifest.key) == 0
+    generate(roster_loaded, storage_resource, offline_gemini, ("2025", "default"), {"player_ids": [1]}, instance)
+    due = dg.evaluate_automation_conditions(defs=assets, instance=instance, cursor=quiet.cursor)
+    assert due.get_num_requested(portrait_manifest.key) == 1

@@ -13,6 +13,11 @@ from portrait_pipeline.defs.sensors import new_prospects_sensor
 
 resources = resources_from_env()
 
+# Rebuilds the manifest after portraits change (its automation condition); on by default: it costs no API call.
+manifest_automation = dg.AutomationConditionSensorDefinition(
+    "manifest_automation", target=[portrait_manifest], default_status=dg.DefaultSensorStatus.RUNNING
+)
+
 # Jobs the CLI launches; in the UI, materializing an asset's partitions does the same.
 portraits_job = dg.define_asset_job("portraits_job", selection=[player_portraits], partitions_def=portrait_partitions)
 likeness_job = dg.define_asset_job("likeness_job", selection=[likeness_descriptions], partitions_def=draft_years)
@@ -21,7 +26,7 @@ defs = dg.Definitions(
     assets=[likeness_descriptions, player_portraits, portrait_manifest],
     asset_checks=portrait_checks,
     jobs=[portraits_job, likeness_job],
-    sensors=[new_prospects_sensor],
+    sensors=[new_prospects_sensor, manifest_automation],
     schedules=[draft_class_backfill, nba_refresh],
     resources={**resources, "image_io_manager": PortraitIOManager(storage=resources["storage"])},
 )
