@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import dagster as dg
 import pytest
 
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs import runs
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.partitions import draft_years
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
@@ -284,3 +286,25 @@ def test_sensor_requests_resolve_against_the_definitions(
     assert new_prospects_sensor.job_name is not None
     job = defs.get_repository_def().get_job(new_prospects_sensor.job_name)
     assert dg.validate_run_config(job, run.run_config)["ops"]["player_portraits"]["config"]["fetch_likeness"]
+
+
+def test_sensor_tick_marks_failed_a_run_whose_worker_process_died(
+    database: DatabaseResource, settings: PortraitSettings, instance: dg.DagsterInstance
+) -> None:
+    """A CLI run killed with -9 stays STARTED; the tick sees its worker's pid is gone from this host."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    alive_tags = runs.worker_tags()  # this process: alive
+    dead_tags = {**alive_tags, runs.PID_TAG: str(dead.pid)}
+    other_host = {**dead_tags, runs.HOST_TAG: "another-machine"}
+    started = {}
+    for name, tags in {"dead": dead_tags, "alive": alive_tags, "elsewhere": other_host}.items():
+        run = instance.add_run(dg.DagsterRun(job_name="portraits_job", status=dg.DagsterRunStatus.STARTED, tags=tags))
+        started[name] = run.run_id
+    evaluate(database, settings, instance)
+    status = {name: instance.get_run_by_id(run_id).status for name, run_id in started.items()}  # type: ignore[union-attr]
+    assert status == {
+        "dead": dg.DagsterRunStatus.FAILURE,
+        "alive": dg.DagsterRunStatus.STARTED,
+        "elsewhere": dg.DagsterRunStatus.STARTED,  # another host's pid means nothing here
+    }

@@ -150,12 +150,13 @@ def promote(db: Session, asset_id: int, publish: Callable[[], object] | None = N
 def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str) -> PlayerImageSnapshot:
     """Count the outcomes from the asset rows and make the snapshot current for its (draft year, style).
 
-    A run in which every attempt failed never displaces the last good snapshot.
+    A run in which every attempt failed never displaces the last good snapshot, nor does an interrupted one
+    (like a killed run's, closed by `close_interrupted_snapshots`).
     """
     snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
     _close(db, snapshot, status)
     snapshot.skipped_count = skipped
-    if snapshot.success_count or not snapshot.failure_count:
+    if status != "interrupted" and (snapshot.success_count or not snapshot.failure_count):
         db.execute(
             update(PlayerImageSnapshot)
             .where(

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast
 
 import dagster as dg
 import rich.progress
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit import queries
@@ -24,9 +27,13 @@ from portrait_pipeline.cohorts import Selection, select_players
 from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import Resources
-from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.defs.runs import worker_tags
+from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
+from portrait_pipeline.interrupts import StopRequest, exit_status
 from portrait_pipeline.styles import Style, parse_style
+
+T = TypeVar("T")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,6 +45,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "likeness_url": args.likeness_url,
         "run_key": args.run_key,
         "notes": args.notes,
+        "grace_period_s": args.grace_period,
     }
 
 
@@ -135,13 +143,33 @@ def render_plan(plan: GenerationPlan) -> str:
 
 @dataclass
 class PartitionSummary:
+    """What one partition's run did: its Dagster status, and the counts and cost of the audit rows it wrote."""
+
     partition_key: str
-    run_id: str
-    success: bool
+    run_id: str = "-"
+    status: str = "nothing to do"  # the Dagster run's status (SUCCESS, FAILURE, CANCELED), or why there is no run
+    planned: int = 0
     generated: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-    cost_usd: Decimal = Decimal("0")
+    cost_usd: Decimal = Decimal("0")  # every audit row of the run: paid failures cost money too
+    rows: int = 0  # audit rows the run wrote
+    stopped: str | None = None  # why the run started no more calls (breaker, budget, signal)
+    run_error: str | None = None  # why the Dagster run failed, in one line
+    audit_error: str | None = None  # the audit rows could not be read: the counts come from the run's log
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("SUCCESS", "nothing to do")
+
+    @property
+    def not_started(self) -> int:
+        return max(0, self.planned - self.generated - len(self.failures))
+
+    @property
+    def wrote(self) -> bool:
+        """Whether the run may have written anything: an audit row, or (unreadable audit) any attempt at all."""
+        return self.rows > 0 or (self.audit_error is not None and self.status != "not launched")
 
 
 @dataclass
@@ -149,51 +177,110 @@ class GenerationSummary:
     partitions: list[PartitionSummary]
     wall_time_s: float
     storage: str
+    interrupted: str | None = None  # "interrupted by SIGINT" when a signal stopped the command
+    signum: int | None = None
 
     @property
     def failed(self) -> list[tuple[str, str]]:
         return [failure for partition in self.partitions for failure in partition.failures]
 
+    @property
+    def exit_status(self) -> int:
+        """130/143 after a signal; 0 when every partition is done with every planned player generated; 2 only when
+        nothing at all was written (no audit row, so no image committed); 1 otherwise."""
+        if self.signum is not None:
+            return exit_status(self.signum)
+        if all(p.done and not p.failures and not p.not_started for p in self.partitions):
+            return 0
+        return 1 if any(p.wrote for p in self.partitions) else 2
+
 
 def run_generation(
-    instance: dg.DagsterInstance, resources: Resources, plan: GenerationPlan, *, interactive: bool
+    instance: dg.DagsterInstance,
+    resources: Resources,
+    plan: GenerationPlan,
+    *,
+    interactive: bool,
+    stop: StopRequest | None = None,
 ) -> GenerationSummary:
-    """One Dagster run per partition with work to do, on the persistent instance (visible in the UI)."""
+    """One Dagster run per partition with work to do, on the persistent instance (visible in the UI).
+
+    Each run executes in a worker thread, so the signal handlers of this (main) thread stay in place: Dagster
+    only installs its own on the main thread. A signal stops the run in progress and launches no other.
+    """
     from portrait_pipeline.defs.definitions import defs
 
+    stop = stop or StopRequest()
     started = time.monotonic()
     summaries: list[PartitionSummary] = []
     likeness_done: set[str] = set()
+    tags = {**CLI_TAGS, **worker_tags()}
     with progress_display(interactive) as progress:
         for launch in plan.partitions:
             partition, request = launch.plan, launch.plan.request
+            planned = len(partition.to_generate)
             if not partition.to_generate:
-                summaries.append(PartitionSummary(request.partition_key, "-", True, skipped=len(partition.skipped)))
+                summaries.append(PartitionSummary(request.partition_key, skipped=len(partition.skipped)))
+                continue
+            if stop.requested:
+                summaries.append(PartitionSummary(request.partition_key, status="not launched", planned=planned))
                 continue
             instance.add_dynamic_partitions("draft_years", [request.draft_year_key])
             if request.fetch_likeness and request.draft_year_key not in likeness_done:
                 # Describe references first, so the portraits' lineage shows where the likeness came from.
                 likeness_done.add(request.draft_year_key)
-                defs.resolve_job_def("likeness_job").execute_in_process(
-                    run_config=likeness_run_config(launch.config),
-                    instance=instance,
-                    partition_key=request.draft_year_key,
-                    tags=CLI_TAGS,
-                    raise_on_error=False,
+                in_worker_thread(
+                    partial(
+                        defs.resolve_job_def("likeness_job").execute_in_process,
+                        run_config=likeness_run_config(launch.config),
+                        instance=instance,
+                        partition_key=request.draft_year_key,
+                        tags=tags,
+                        raise_on_error=False,
+                    )
                 )
             run_id = str(uuid.uuid4())  # known before the run starts, so progress can follow it
-            with watch_run(resources, run_id, request.partition_key, len(partition.to_generate), progress):
-                result = defs.resolve_job_def("portraits_job").execute_in_process(
-                    run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
-                    instance=instance,
-                    partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
-                    run_id=run_id,
-                    tags=CLI_TAGS,
-                    raise_on_error=False,
+            with watch_run(resources, run_id, request.partition_key, planned, progress):
+                in_worker_thread(
+                    partial(
+                        defs.resolve_job_def("portraits_job").execute_in_process,
+                        run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
+                        instance=instance,
+                        partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
+                        run_id=run_id,
+                        tags=tags,
+                        raise_on_error=False,
+                    )
                 )
-            summaries.append(summarize_run(resources, request.partition_key, result.run_id, result.success))
+            summaries.append(summarize_run(resources, instance, request.partition_key, run_id, planned))
     storage = resources.storage.get_storage().location
-    return GenerationSummary(partitions=summaries, wall_time_s=time.monotonic() - started, storage=storage)
+    return GenerationSummary(
+        partitions=summaries,
+        wall_time_s=time.monotonic() - started,
+        storage=storage,
+        interrupted=stop.reason if stop.requested else None,
+        signum=stop.signum,
+    )
+
+
+def in_worker_thread(work: Callable[[], T]) -> T:
+    """`work()` in a daemon thread while this thread waits, free to run signal handlers (a third signal, whose
+    default action ends the process, is not held up by the thread)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="dagster-run", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(T, outcome["result"])
 
 
 CLI_TAGS = {"portrait/launched_by": "cli"}
@@ -207,7 +294,8 @@ def likeness_run_config(config: PortraitRunConfig) -> dict[str, Any]:
     }
 
 
-QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
+# Stack traces go to the run's log (the UI); the CLI prints one line per problem from the summary.
+QUIET_LOGGERS = {"console": {"config": {"log_level": "CRITICAL"}}}
 
 
 @dataclass
@@ -291,9 +379,13 @@ def watch_run(
     """Poll the run's audit rows from a thread while the run executes in this one."""
     stop = threading.Event()
 
+    def show() -> None:
+        with contextlib.suppress(SQLAlchemyError, PortraitPipelineError):  # unreachable: the summary says so
+            display.show(partition_key, total, read_progress(resources, run_id))
+
     def poll() -> None:
         while not stop.wait(0.3):
-            display.show(partition_key, total, read_progress(resources, run_id))
+            show()
 
     display.show(partition_key, total, Progress())
     thread = threading.Thread(target=poll, name="progress", daemon=True)
@@ -303,35 +395,114 @@ def watch_run(
     finally:
         stop.set()
         thread.join()
-        display.show(partition_key, total, read_progress(resources, run_id))
+        show()
 
 
-def summarize_run(resources: Resources, partition_key: str, run_id: str, success: bool) -> PartitionSummary:
-    """What a run did, from the audit rows it wrote."""
-    summary = PartitionSummary(partition_key, run_id, success)
-    with resources.database.session() as db:
-        snapshot = queries.snapshot_of_run(db, run_id)
-        if snapshot is None:
-            summary.failures.append((partition_key, "the run failed before it recorded anything (see its logs)"))
-            return summary
-        summary.skipped = snapshot.skipped_count
-        for asset in db.scalars(select(PlayerImageAsset).where(PlayerImageAsset.snapshot_id == snapshot.id)):
-            if asset.status == "succeeded":
-                summary.generated += 1
-                summary.cost_usd += asset.cost_usd
-            else:
-                summary.failures.append((asset.player.display_name, asset.error_message or "unknown"))
+def summarize_run(
+    resources: Resources, instance: dg.DagsterInstance, partition_key: str, run_id: str, planned: int
+) -> PartitionSummary:
+    """What a run did: its status and failure from Dagster, its counts and cost from the audit rows it wrote.
+
+    When the audit database cannot be read, the run's own counts (its materialization or failure metadata in
+    Dagster's log) stand in, and the summary says so.
+    """
+    run = instance.get_run_by_id(run_id)
+    summary = PartitionSummary(partition_key, run_id, run.status.value if run else "not launched", planned=planned)
+    summary.run_error, metadata = run_outcome(instance, run_id)
+    summary.stopped = metadata.get("stopped") if metadata.get("stopped") not in (None, "no") else None
+    try:
+        with resources.database.session() as db:
+            snapshot = queries.snapshot_of_run(db, run_id)
+            summary.skipped = snapshot.skipped_count if snapshot else 0
+            assets = db.scalars(select(PlayerImageAsset).where(PlayerImageAsset.dagster_run_id == run_id)).all()
+            for asset in assets:
+                summary.rows += 1
+                summary.cost_usd += asset.cost_usd or Decimal("0")
+                if asset.status == "succeeded":
+                    summary.generated += 1
+                else:
+                    summary.failures.append((asset.player.display_name, asset.error_message or "unknown"))
+    except (SQLAlchemyError, PortraitPipelineError) as exc:
+        summary.audit_error = one_line(exc)
+        summary.generated = int(metadata.get("generated", 0))
+        summary.skipped = int(metadata.get("skipped", 0))
+        summary.cost_usd = Decimal(str(metadata.get("cost_usd", 0)))
+        failed = int(metadata.get("failed", 0))
+        summary.failures = [(f"{failed} player(s)", "see the run's log")] if failed else []
     return summary
 
 
+def run_outcome(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, dict[str, Any]]:
+    """Why the run failed (one line, or None) and the asset's summary metadata (from its materialization, or the
+    metadata of the failure it raised)."""
+    error: str | None = None
+    metadata: dict[str, Any] = {}
+    kinds = {
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+        dg.DagsterEventType.RUN_FAILURE,
+    }
+    for record in instance.all_logs(run_id, of_type=kinds):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            metadata.update({key: value.value for key, value in materialization.metadata.items()})
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            if data.user_failure_data is not None:
+                metadata.update({key: value.value for key, value in data.user_failure_data.metadata.items()})
+            error = error or step_error(data)
+        elif error is None:
+            error = first_line(record.message or "the run failed")
+    return error, metadata
+
+
+def step_error(data: Any) -> str:
+    """The failure's own words: a `dg.Failure`'s description, else the innermost exception's message."""
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return first_line(data.user_failure_data.description)
+    info = data.error
+    while info is not None and info.cause is not None:
+        info = info.cause
+    return first_line(info.message) if info is not None else "the step failed"
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def one_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {first_line(str(exc))}"
+
+
 def render_summary(summary: GenerationSummary) -> str:
-    lines = [f"{'partition':<22}{'generated':>10}{'skipped':>9}{'failed':>8}{'cost':>10}  run"]
+    """A line per partition (its run's status, counts, cost from the audit rows), then a line per problem."""
+    lines = [
+        f"{'partition':<22}{'run status':<15}{'generated':>10}{'skipped':>9}{'failed':>8}{'not started':>12}"
+        f"{'cost':>10}  run"
+    ]
     for p in summary.partitions:
         lines.append(
-            f"{p.partition_key:<22}{p.generated:>10}{p.skipped:>9}{len(p.failures):>8}"
-            f"{'$' + format(p.cost_usd, '.2f'):>10}  {p.run_id}"
+            f"{p.partition_key:<22}{p.status:<15}{p.generated:>10}{p.skipped:>9}{len(p.failures):>8}"
+            f"{p.not_started:>12}{'$' + format(p.cost_usd, '.2f'):>10}  {p.run_id}"
         )
+    for p in summary.partitions:
+        if p.run_error:
+            lines.append(f"RUN FAILED {p.partition_key}: {p.run_error} (details in the run's log)")
+        if p.stopped:
+            lines.append(f"STOPPED {p.partition_key}: {p.stopped}")
+        if p.audit_error:
+            lines.append(f"AUDIT UNREADABLE {p.partition_key}: {p.audit_error}; counts from the run's log")
     for who, reason in summary.failed:
-        lines.append(f"FAILED {who}: {reason}")
-    lines.append(f"wall time {summary.wall_time_s:.1f}s; images in {summary.storage}")
+        lines.append(f"FAILED {who}: {first_line(reason)}")
+    if summary.interrupted:
+        not_launched = sum(1 for p in summary.partitions if p.status == "not launched")
+        lines.append(
+            f"INTERRUPTED ({summary.interrupted}): {not_launched} partition(s) not launched; "
+            "rerun with --missing-only to finish"
+        )
+    cost = sum((p.cost_usd for p in summary.partitions), Decimal("0"))
+    lines.append(f"wall time {summary.wall_time_s:.1f}s; cost ${cost:.2f}; images in {summary.storage}")
     return "\n".join(lines)

@@ -22,7 +22,9 @@ from portrait_pipeline.audit.queries import current_styles, draft_year_key
 from portrait_pipeline.cohorts import COHORTS, Selection, select_players
 from portrait_pipeline.costs import IMAGE_SIZES
 from portrait_pipeline.defs.resources import DatabaseResource, Resources
+from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
+from portrait_pipeline.interrupts import DEFAULT_GRACE_S, stop_on_signals
 from portrait_pipeline.styles import STYLES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--dry-run", action="store_true", help="preview players and cost; write nothing")
     generate.add_argument("--limit", type=_positive, help="max players to process")
     generate.add_argument("--notes", help="notes for this run")
+    generate.add_argument(
+        "--grace-period",
+        type=_seconds,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help=f"after Ctrl-C/SIGTERM, how long calls in flight may still answer (default {DEFAULT_GRACE_S:g})",
+    )
     history = commands.add_parser("history", help="every generation of one player (the admin review)")
     history.add_argument("--player-id", type=int, required=True)
 
@@ -79,6 +88,16 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value}: use a positive number")
     return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value}: use a number of seconds, 0 or more")
+    return seconds
 
 
 def _add_selectors(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -121,6 +140,8 @@ def open_context() -> Iterator[Context]:
     except dg.DagsterInvalidConfigError as exc:
         raise ConfigurationError(f"Dagster instance in {os.environ['DAGSTER_HOME']}: {exc}") from None
     with instance, Resources.from_env() as resources:
+        for run_id in fail_runs_of_dead_workers(instance):
+            print(f"portrait-pipeline: run {run_id}: its worker died without ending it; marked failed", file=sys.stderr)
         yield Context(resources=resources, instance=instance)
 
 
@@ -182,9 +203,10 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
         ctx.resources.storage.get_storage().check_ready()
     except StorageError as exc:
         raise ConfigurationError(str(exc)) from None
-    summary = launch.run_generation(ctx.instance, ctx.resources, plan, interactive=sys.stdout.isatty())
+    with stop_on_signals() as stop:
+        summary = launch.run_generation(ctx.instance, ctx.resources, plan, interactive=sys.stdout.isatty(), stop=stop)
     print(launch.render_summary(summary))
-    return EXIT_FAILURES if summary.failed else EXIT_OK
+    return summary.exit_status
 
 
 def cmd_history(args: argparse.Namespace, ctx: Context) -> int:

@@ -2,8 +2,10 @@
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -19,8 +21,10 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     generation_service,
 )
+from portrait_pipeline.defs.runs import run_has_ended
 from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
+from portrait_pipeline.interrupts import stop_on_signals
 from portrait_pipeline.likeness import DescriptionOutcome, LikenessService
 from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
 
@@ -107,14 +111,17 @@ def player_portraits(
         if request.fetch_likeness:
             context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
     progress = ProgressLog(context.log)
-    result = run_partition(
-        database.check(),
-        generation_service(storage, gemini, likeness),
-        request,
-        max_concurrency=gemini.max_concurrency,
-        run_has_ended=partial(run_has_ended, context),
-        on_outcome=progress,
-    )
+    # SIGINT/SIGTERM (Ctrl-C, `dagster run terminate`, a k8s stop) let the calls in flight answer and be recorded.
+    with stop_on_signals() as stop, core_logs_to(context.log):
+        result = run_partition(
+            database.check(),
+            generation_service(storage, gemini, likeness),
+            request,
+            max_concurrency=gemini.max_concurrency,
+            run_has_ended=partial(run_has_ended, context.instance),
+            on_outcome=progress,
+            stop=stop,
+        )
     progress.finish()
     for note in result.notes:
         context.log.warning(note)
@@ -123,10 +130,28 @@ def player_portraits(
     yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result)})
 
 
-def run_has_ended(context: dg.AssetExecutionContext, run_id: str) -> bool:
-    """Whether this instance knows the run as finished (succeeded, failed or canceled); unknown runs are not."""
-    run = context.instance.get_run_by_id(run_id)
-    return run is not None and run.is_finished
+class _RunLogHandler(logging.Handler):
+    def __init__(self, log: dg.DagsterLogManager) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.log(record.levelno, self.format(record))
+
+
+@contextmanager
+def core_logs_to(log: dg.DagsterLogManager) -> Iterator[None]:
+    """The core's Python log records (with their stack traces) go to the run's log, not to a terminal: the CLI
+    prints one line per problem, the UI shows the rest."""
+    logger = logging.getLogger("portrait_pipeline")
+    handler, propagate = _RunLogHandler(log), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 class ProgressLog:

@@ -12,6 +12,7 @@ from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionRequest
+from portrait_pipeline.interrupts import DEFAULT_GRACE_S
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
@@ -31,6 +32,9 @@ class PortraitRunConfig(dg.Config):
     cohort: str | None = Field(default=None, description="Cohort label recorded on the snapshot")
     max_cost_usd: float | None = Field(default=None, ge=0, description="Stop starting calls past this spend")
     max_consecutive_failures: int = Field(default=10, ge=1, description="Circuit breaker: failures in a row")
+    grace_period_s: float = Field(
+        default=DEFAULT_GRACE_S, ge=0, description="After SIGINT/SIGTERM: seconds calls in flight may still answer"
+    )
 
     @model_validator(mode="after")
     def _likeness_url_is_for_one_player(self) -> PortraitRunConfig:
@@ -62,6 +66,7 @@ def partition_request(
         dagster_run_id=dagster_run_id,
         max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
         max_consecutive_failures=config.max_consecutive_failures,
+        grace_s=config.grace_period_s,
     )
 
 

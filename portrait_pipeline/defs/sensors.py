@@ -17,6 +17,7 @@ from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.config import PortraitRunConfig
 from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
+from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.naming import partition_label
 from portrait_pipeline.styles import Style
@@ -159,6 +160,8 @@ def new_prospects_sensor(
     context: dg.SensorEvaluationContext, database: DatabaseResource, settings: PortraitSettings
 ) -> dg.SensorResult:
     """Fill portrait gaps as the roster changes, without rescanning players it has already seen."""
+    for run_id in fail_runs_of_dead_workers(context.instance):
+        context.log.warning(f"run {run_id}: its worker died without ending it; marked failed")
     since = ChangeCursor.from_json(context.cursor)
     with database.session() as session:
         pending = pending_partitions(session, since, settings.automated_styles())

@@ -15,6 +15,7 @@ from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.costs import ImageSize, price
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook
+from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, StopRequest
 from portrait_pipeline.styles import Style
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,12 @@ class BatchJob:
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """How hard a batch may push: calls in flight, failures in a row, money."""
+    """How hard a batch may push: calls in flight, failures in a row, money; how long a stop waits for answers."""
 
     max_concurrency: int = 8
     max_consecutive_failures: int | None = 10
     max_cost_usd: Decimal | None = None
+    grace_s: float = DEFAULT_GRACE_S
 
 
 DEFAULT_LIMITS = BatchLimits()
@@ -107,6 +109,7 @@ async def generate_batch(
     player_ids: Sequence[int],
     limits: BatchLimits = DEFAULT_LIMITS,
     on_outcome: Callable[[PlayerOutcome], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> BatchResult:
     """Generate for many players at once, each durable on its own; stop starting calls when a limit says so.
 
@@ -114,6 +117,9 @@ async def generate_batch(
     store, commit). An answered player moves to the second stage as soon as it has room, which frees its call slot for
     the next player; so the API stays busy while images are stored, and at most twice `max_concurrency` images
     are in memory, whatever the batch size (players are started lazily).
+
+    A stop request (SIGINT, SIGTERM) starts no new call and gives the calls in flight `grace_s` to answer and
+    their images to be stored; then (or at a second signal) what is left is cancelled, each with its audit row.
     """
     calls = asyncio.Semaphore(limits.max_concurrency)
     storing = asyncio.Semaphore(limits.max_concurrency)
@@ -121,17 +127,18 @@ async def generate_batch(
     outcomes: list[PlayerOutcome] = []
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(player_id: int) -> None:
+    async def one(player_id: int, interruption: Interruption) -> None:
         answered = False
 
         async def on_answer() -> None:
             nonlocal answered
-            await storing.acquire()  # back-pressure: no room to store, no new call
+            # Back-pressure: no room to store, no new call.
+            await interruption.unless_aborted(storing.acquire(), NOT_STORED)
             answered = True
             calls.release()
 
         try:
-            outcome = await _generate_one(engine, service, job, player_id, on_answer)
+            outcome = await _generate_one(engine, service, job, player_id, on_answer, interruption)
         finally:
             (storing if answered else calls).release()
         breaker.finished(outcome)
@@ -140,14 +147,17 @@ async def generate_batch(
             on_outcome(outcome)
 
     pending = list(player_ids)
-    while pending:
-        await calls.acquire()
-        if not breaker.may_start():
-            calls.release()
-            break
-        breaker.started()
-        tasks.append(asyncio.create_task(one(pending.pop(0))))
-    await asyncio.gather(*tasks)
+    async with Interruption(stop, limits.grace_s) as interruption:
+        while pending:
+            await calls.acquire()
+            if interruption.stopping.is_set() and breaker.stopped is None:
+                breaker.stopped = f"{interruption.request.reason}: no new calls started"
+            if not breaker.may_start():
+                calls.release()
+                break
+            breaker.started()
+            tasks.append(asyncio.create_task(one(pending.pop(0), interruption)))
+        await asyncio.gather(*tasks)
     for player_id in pending:
         outcomes.append(PlayerOutcome(player_id, f"player {player_id}", "not_started", breaker.stopped))
     return BatchResult(outcomes=outcomes, stopped=breaker.stopped)
@@ -159,6 +169,7 @@ async def _generate_one(
     job: BatchJob,
     player_id: int,
     on_answer: Callable[[], Awaitable[None]],
+    interruption: Interruption,
 ) -> PlayerOutcome:
     try:
         with session_scope(engine) as db:
@@ -176,6 +187,7 @@ async def _generate_one(
                 likeness_url=job.likeness_url,
                 on_answer=on_answer,
                 on_image=job.on_image,
+                interruption=interruption,
             )
             return outcome_of(asset, player)
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player

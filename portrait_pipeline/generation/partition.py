@@ -29,6 +29,7 @@ from portrait_pipeline.generation.engine import (
     generate_batch,
 )
 from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.interrupts import DEFAULT_GRACE_S, StopRequest
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
@@ -54,6 +55,7 @@ class PartitionRequest:
     dagster_run_id: str | None = None
     max_cost_usd: Decimal | None = None  # stop starting calls past this spend
     max_consecutive_failures: int | None = DEFAULT_LIMITS.max_consecutive_failures  # the circuit breaker
+    grace_s: float = DEFAULT_GRACE_S  # after a stop signal, how long calls in flight may still answer
 
     @property
     def partition_key(self) -> str:
@@ -96,9 +98,11 @@ class PartitionResult:
 
     @property
     def failure(self) -> str | None:
-        """Why the run must end failed, or None: the breaker tripped, the snapshot could not be closed, or every
-        player failed. Budget stops and some failed players leave a successful run with its failures listed."""
-        problems = [problem for problem in (self.stopped if self.tripped else None, self.closing_error) if problem]
+        """Why the run must end failed, or None: a signal interrupted it, the breaker tripped, the snapshot could not
+        be closed, or every player failed. Budget stops and some failed players leave a successful run with its
+        failures listed."""
+        stopped = self.stopped if self.tripped or self.interrupted else None
+        problems = [problem for problem in (stopped, self.closing_error) if problem]
         if problems:
             return f"{'; '.join(problems)}; {len(self.failed)} failed"
         if self.failed and not self.generated:
@@ -109,6 +113,11 @@ class PartitionResult:
     def tripped(self) -> bool:
         """The circuit breaker stopped the batch: the run must end failed."""
         return bool(self.stopped and self.stopped.startswith("circuit breaker"))
+
+    @property
+    def interrupted(self) -> bool:
+        """A signal (SIGINT, SIGTERM) stopped the batch: the run must end failed."""
+        return bool(self.stopped and self.stopped.startswith("interrupted"))
 
     @property
     def not_started(self) -> list[PlayerOutcome]:
@@ -164,6 +173,7 @@ def run_partition(
     max_concurrency: int = DEFAULT_LIMITS.max_concurrency,
     run_has_ended: Callable[[str], bool] | None = None,
     on_outcome: Callable[[PlayerOutcome], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> PartitionResult:
     """Close what dead runs left open, plan, open the snapshot, generate every planned player, close the snapshot,
     and compose the partition's contact sheet: everything a caller shows about the run is in the result."""
@@ -186,9 +196,9 @@ def run_partition(
     job = BatchJob(
         snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url, sheet.keep
     )
-    limits = BatchLimits(max_concurrency, request.max_consecutive_failures, request.max_cost_usd)
+    limits = BatchLimits(max_concurrency, request.max_consecutive_failures, request.max_cost_usd, request.grace_s)
     player_ids = [player.id for player in plan.to_generate]
-    batch = asyncio.run(generate_batch(engine, service, job, player_ids, limits, on_outcome))
+    batch = asyncio.run(generate_batch(engine, service, job, player_ids, limits, on_outcome, stop))
     result = PartitionResult(
         plan=plan,
         snapshot_id=snapshot_id,
@@ -246,6 +256,8 @@ def _contact_sheet(
 
 def _status(batch: BatchResult) -> str:
     if batch.stopped:
+        if batch.stopped.startswith("interrupted"):
+            return "interrupted"
         return "failed" if batch.stopped.startswith("circuit breaker") else "stopped"
     statuses = {outcome.status for outcome in batch.outcomes}
     if "failed" not in statuses:

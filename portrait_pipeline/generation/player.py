@@ -18,6 +18,7 @@ from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImage
 from portrait_pipeline.costs import TARGET_DIMENSIONS, ImageSize, price
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
 from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
+from portrait_pipeline.interrupts import CALL_CANCELLED, NOT_STORED, Interrupted, Interruption, unless_aborted
 from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
@@ -51,12 +52,14 @@ class ImageGenerationService:
         likeness_url: str | None = None,
         on_answer: Callable[[], Awaitable[None]] | None = None,
         on_image: ImageHook | None = None,
+        interruption: Interruption | None = None,
     ) -> PlayerImageAsset:
         """Durable per player: the image is in storage before its row commits; failures become rows too.
 
         `on_answer` is awaited once the model has answered, before the image is processed and stored: a batch
         hands the call's slot to the next player there, so storing never holds up the API. `on_image` sees each
         image while it is decoded (a worker thread calls it): the partition keeps a thumbnail for its contact sheet.
+        An `interruption` that aborts the run cancels the call or the storing; the row says which, with the cost.
         """
         attempt = _Attempt(
             started=time.monotonic(),
@@ -64,8 +67,12 @@ class ImageGenerationService:
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
         try:
-            png, stored = await self._make_image(db, player, style, image_size, attempt, on_answer, on_image)
+            png, stored = await self._make_image(
+                db, player, style, image_size, attempt, on_answer, on_image, interruption
+            )
         except PortraitPipelineError as exc:
+            if isinstance(exc, Interrupted) and attempt.rendered is None:
+                attempt.cost = price(self.renderer.model, image_size).usd_per_image  # it may be billed: err high
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
         width, height = TARGET_DIMENSIONS[image_size]
         record = self._record(attempt, width=width, height=height)
@@ -86,21 +93,21 @@ class ImageGenerationService:
         attempt: _Attempt,
         on_answer: Callable[[], Awaitable[None]] | None,
         on_image: ImageHook | None,
+        interruption: Interruption | None,
     ) -> tuple[bytes, StoredObject]:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
             attempt.prompt = user_prompt(player.display_name, player.position, player.school, description)
-        rendered = await self.renderer.render(
-            RenderRequest(
-                player_id=player.id,
-                seed=f"{player.id}:{player.slug}",
-                style=style,
-                system_prompt=system_prompt(style),
-                user_prompt=attempt.prompt,
-                size=image_size,
-            )
+        request = RenderRequest(
+            player_id=player.id,
+            seed=f"{player.id}:{player.slug}",
+            style=style,
+            system_prompt=system_prompt(style),
+            user_prompt=attempt.prompt,
+            size=image_size,
         )
+        rendered = await unless_aborted(interruption, self.renderer.render(request), CALL_CANCELLED)
         provenance = {
             "portrait:player_id": str(player.id),
             "portrait:style": style,
@@ -113,10 +120,12 @@ class ImageGenerationService:
             await on_answer()
         # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
         target = TARGET_DIMENSIONS[image_size]
-        png, digest = await asyncio.to_thread(_finish, rendered.data, target, provenance, on_image)
+        finish = asyncio.to_thread(_finish, rendered.data, target, provenance, on_image)
+        png, digest = await unless_aborted(interruption, finish, NOT_STORED)
         history_key = naming.history_key(player.id, player.slug, style, digest)
         # The history object is stored before the row: no row ever claims an image storage does not have.
-        stored = await asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
+        put = asyncio.to_thread(self.storage.put, history_key, png, immutable=True)
+        stored = await unless_aborted(interruption, put, NOT_STORED)
         return png, stored
 
     def _record(
