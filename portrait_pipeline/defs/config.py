@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, model_validator
 
+from portrait_pipeline.audit.leases import DEFAULT_TTL_S
 from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
@@ -31,6 +32,9 @@ class PortraitRunConfig(dg.Config):
     cohort: str | None = Field(default=None, description="Cohort label recorded on the snapshot")
     max_cost_usd: float | None = Field(default=None, ge=0, description="Stop starting calls past this spend")
     max_consecutive_failures: int = Field(default=10, ge=1, description="Circuit breaker: failures in a row")
+    claim_ttl_s: float = Field(
+        default=DEFAULT_TTL_S, ge=5, description="A dead run's claims on its players expire after this (seconds)"
+    )
 
     @model_validator(mode="after")
     def _likeness_url_is_for_one_player(self) -> PortraitRunConfig:
@@ -62,6 +66,7 @@ def partition_request(
         dagster_run_id=dagster_run_id,
         max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
         max_consecutive_failures=config.max_consecutive_failures,
+        claim_ttl_s=config.claim_ttl_s,
     )
 
 
