@@ -171,3 +171,18 @@ class PlayerLikeness(Base):
     model: Mapped[str] = mapped_column(String(100))
     prompt_version: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class GenerationLease(Base):
+    """A run's claim on one player's portrait in one style while it generates it: overlapping runs (sensor,
+    schedule, a person) skip a claimed player instead of paying for it twice. The primary key makes the claim
+    unique; `expires_at` frees the claims of an owner that died (its live runs renew theirs)."""
+
+    __tablename__ = "generation_leases"
+
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id", ondelete="CASCADE"), primary_key=True)
+    style: Mapped[str] = mapped_column(String(20), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))  # a run Dagster knows has ended frees its claims
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

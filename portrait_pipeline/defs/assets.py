@@ -202,6 +202,7 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
     return {
         "generated": len(result.generated),
         "skipped": len(result.plan.skipped),
+        "in_progress_elsewhere": len(result.skipped_elsewhere),
         "failed": len(result.failed),
         "not_started": len(result.not_started),
         "stopped": result.stopped or "no",

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, model_validator
 
+from portrait_pipeline.audit.leases import DEFAULT_TTL_S
 from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
@@ -34,6 +35,9 @@ class PortraitRunConfig(dg.Config):
     max_consecutive_failures: int = Field(default=10, ge=1, description="Circuit breaker: failures in a row")
     grace_period_s: float = Field(
         default=DEFAULT_GRACE_S, ge=0, description="After SIGINT/SIGTERM: seconds calls in flight may still answer"
+    )
+    claim_ttl_s: float = Field(
+        default=DEFAULT_TTL_S, ge=5, description="A dead run's claims on its players expire after this (seconds)"
     )
 
     @model_validator(mode="after")
@@ -67,6 +71,7 @@ def partition_request(
         max_cost_usd=Decimal(str(config.max_cost_usd)) if config.max_cost_usd is not None else None,
         max_consecutive_failures=config.max_consecutive_failures,
         grace_s=config.grace_period_s,
+        claim_ttl_s=config.claim_ttl_s,
     )
 
 

@@ -10,7 +10,9 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from portrait_pipeline.audit import leases, queries
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.costs import ImageSize, price
@@ -27,7 +29,7 @@ class PlayerOutcome:
 
     player_id: int
     display_name: str
-    status: Literal["succeeded", "failed", "not_started"]
+    status: Literal["succeeded", "failed", "not_started", "skipped"]  # skipped: another run has the player
     reason: str | None = None
     asset_id: int | None = None
     seconds: float = 0.0
@@ -42,6 +44,16 @@ class PlayerOutcome:
 
 
 @dataclass(frozen=True)
+class Claims:
+    """How a batch claims its players against overlapping runs (see `audit.leases`)."""
+
+    owner: str
+    dagster_run_id: str | None = None
+    ttl_s: float = leases.DEFAULT_TTL_S
+    recheck_current: bool = False  # missing_only: skip a player another run finished since the plan
+
+
+@dataclass(frozen=True)
 class BatchJob:
     """What every player of one batch shares."""
 
@@ -51,6 +63,7 @@ class BatchJob:
     fetch_likeness: bool = False
     likeness_url: str | None = None
     on_image: ImageHook | None = None  # sees each image while decoded (the contact sheet's thumbnails)
+    claims: Claims | None = None  # None: no claims (a caller that knows it runs alone)
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,8 @@ class _Breaker:
     def finished(self, outcome: PlayerOutcome) -> None:
         self.in_flight -= 1
         self.spent += outcome.cost_usd
-        self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
+        if outcome.status != "skipped":  # another run's player says nothing about this run's health
+            self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
 
 
 async def generate_batch(
@@ -138,7 +152,7 @@ async def generate_batch(
             calls.release()
 
         try:
-            outcome = await _generate_one(engine, service, job, player_id, on_answer, interruption)
+            outcome = await _generate_claimed(engine, service, job, player_id, on_answer, interruption)
         finally:
             (storing if answered else calls).release()
         breaker.finished(outcome)
@@ -147,20 +161,83 @@ async def generate_batch(
             on_outcome(outcome)
 
     pending = list(player_ids)
-    async with Interruption(stop, limits.grace_s) as interruption:
-        while pending:
-            await calls.acquire()
-            if interruption.stopping.is_set() and breaker.stopped is None:
-                breaker.stopped = f"{interruption.request.reason}: no new calls started"
-            if not breaker.may_start():
-                calls.release()
-                break
-            breaker.started()
-            tasks.append(asyncio.create_task(one(pending.pop(0), interruption)))
-        await asyncio.gather(*tasks)
+    renewing = asyncio.create_task(_renew_claims(engine, job.claims)) if job.claims else None
+    try:
+        async with Interruption(stop, limits.grace_s) as interruption:
+            while pending:
+                await calls.acquire()
+                if interruption.stopping.is_set() and breaker.stopped is None:
+                    breaker.stopped = f"{interruption.request.reason}: no new calls started"
+                if not breaker.may_start():
+                    calls.release()
+                    break
+                breaker.started()
+                tasks.append(asyncio.create_task(one(pending.pop(0), interruption)))
+            await asyncio.gather(*tasks)
+    finally:
+        if renewing is not None:
+            renewing.cancel()
     for player_id in pending:
         outcomes.append(PlayerOutcome(player_id, f"player {player_id}", "not_started", breaker.stopped))
     return BatchResult(outcomes=outcomes, stopped=breaker.stopped)
+
+
+async def _generate_claimed(
+    engine: Engine,
+    service: ImageGenerationService,
+    job: BatchJob,
+    player_id: int,
+    on_answer: Callable[[], Awaitable[None]],
+    interruption: Interruption,
+) -> PlayerOutcome:
+    """Claim the player before its call, and release the claim once its audit row has committed (or failed to).
+
+    A player another run holds is skipped rather than waited for: that run pays for it and records it, and a
+    waiting run would hold a call slot idle for as long. With `recheck_current` (missing_only) the plan may be
+    stale, so a player who got a current image since is skipped too, checked after the claim so no run can
+    finish it in between.
+    """
+    claims = job.claims
+    if claims is None:
+        return await _generate_one(engine, service, job, player_id, on_answer, interruption)
+    try:
+        holder = await asyncio.to_thread(
+            leases.claim, engine, player_id, job.style, claims.owner, claims.ttl_s, claims.dagster_run_id
+        )
+        done = (
+            holder is None and claims.recheck_current and await asyncio.to_thread(_has_current, engine, job, player_id)
+        )
+    except SQLAlchemyError as exc:  # nothing was called, nothing paid: a failure with the database's reason
+        log.exception("player %s: could not claim the player", player_id)
+        return PlayerOutcome(
+            player_id, f"player {player_id}", "failed", f"cannot claim: {exc.__class__.__name__}: {exc}"
+        )
+    if holder is not None:
+        return PlayerOutcome(player_id, f"player {player_id}", "skipped", f"in progress elsewhere: {holder}")
+    try:
+        if done:
+            return PlayerOutcome(player_id, f"player {player_id}", "skipped", "finished by another run meanwhile")
+        return await _generate_one(engine, service, job, player_id, on_answer, interruption)
+    finally:
+        try:
+            await asyncio.to_thread(leases.release, engine, player_id, job.style, claims.owner)
+        except SQLAlchemyError:  # the claim expires on its own
+            log.warning("player %s: could not release the claim; it expires in %.0f s", player_id, claims.ttl_s)
+
+
+def _has_current(engine: Engine, job: BatchJob, player_id: int) -> bool:
+    with session_scope(engine) as db:
+        return bool(queries.players_with_current_image(db, job.style, [player_id]))
+
+
+async def _renew_claims(engine: Engine, claims: Claims) -> None:
+    """Keep the batch's claims alive while its calls are in flight: a call (with retries) may outlast the TTL."""
+    while True:
+        await asyncio.sleep(claims.ttl_s / 3)
+        try:
+            await asyncio.to_thread(leases.renew, engine, claims.owner, claims.ttl_s)
+        except SQLAlchemyError as exc:
+            log.warning("could not renew the batch's claims: %s", exc.__class__.__name__)
 
 
 async def _generate_one(

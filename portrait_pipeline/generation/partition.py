@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images, naming
-from portrait_pipeline.audit import queries, serving
+from portrait_pipeline.audit import leases, queries, serving
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player
@@ -25,6 +25,7 @@ from portrait_pipeline.generation.engine import (
     BatchJob,
     BatchLimits,
     BatchResult,
+    Claims,
     PlayerOutcome,
     generate_batch,
 )
@@ -56,6 +57,7 @@ class PartitionRequest:
     max_cost_usd: Decimal | None = None  # stop starting calls past this spend
     max_consecutive_failures: int | None = DEFAULT_LIMITS.max_consecutive_failures  # the circuit breaker
     grace_s: float = DEFAULT_GRACE_S  # after a stop signal, how long calls in flight may still answer
+    claim_ttl_s: float = leases.DEFAULT_TTL_S  # how long a dead run's claims keep other runs off its players
 
     @property
     def partition_key(self) -> str:
@@ -124,6 +126,11 @@ class PartitionResult:
         return [outcome for outcome in self.outcomes if outcome.status == "not_started"]
 
     @property
+    def skipped_elsewhere(self) -> list[PlayerOutcome]:
+        """Players another run had claimed (or finished) while this one reached them: not failures."""
+        return [outcome for outcome in self.outcomes if outcome.status == "skipped"]
+
+    @property
     def generated(self) -> list[PlayerOutcome]:
         return [outcome for outcome in self.outcomes if outcome.status == "succeeded"]
 
@@ -184,6 +191,7 @@ def run_partition(
         interrupted = (
             audit.close_interrupted_snapshots(db, request.partition_key, run_has_ended) if run_has_ended else []
         )
+        freed = leases.release_claims_of_ended_runs(db, run_has_ended) if run_has_ended else 0
         sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
         plan = plan_partition(db, service.storage, request, model)
         snapshot = audit.start_snapshot(db, _snapshot_spec(plan, run_key))
@@ -192,9 +200,11 @@ def run_partition(
             f"snapshot {old.run_key} v{old.version} was left running by run {old.dagster_run_id}, which has ended: "
             f"marked interrupted ({old.success_count} images committed)"
             for old in interrupted
-        ]
+        ] + ([f"released {freed} claims of runs that have ended"] if freed else [])
+    owner = leases.owner_name(request.dagster_run_id)
+    claims = Claims(owner, request.dagster_run_id, request.claim_ttl_s, request.missing_only)
     job = BatchJob(
-        snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url, sheet.keep
+        snapshot_id, request.style, request.image_size, request.fetch_likeness, request.likeness_url, sheet.keep, claims
     )
     limits = BatchLimits(max_concurrency, request.max_consecutive_failures, request.max_cost_usd, request.grace_s)
     player_ids = [player.id for player in plan.to_generate]
@@ -211,7 +221,8 @@ def run_partition(
     )
     try:
         with session_scope(engine) as db:
-            audit.finish_snapshot(db, snapshot_id, skipped=len(plan.skipped), status=_status(batch))
+            skipped = len(plan.skipped) + len(result.skipped_elsewhere)
+            audit.finish_snapshot(db, snapshot_id, skipped=skipped, status=_status(batch))
             result.portraits = serving.current_portraits(db, service.storage, request.draft_year_key, request.style)
     except SQLAlchemyError as exc:
         # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
@@ -259,7 +270,7 @@ def _status(batch: BatchResult) -> str:
         if batch.stopped.startswith("interrupted"):
             return "interrupted"
         return "failed" if batch.stopped.startswith("circuit breaker") else "stopped"
-    statuses = {outcome.status for outcome in batch.outcomes}
+    statuses = {outcome.status for outcome in batch.outcomes} - {"skipped"}
     if "failed" not in statuses:
         return "succeeded"
     return "partial" if "succeeded" in statuses else "failed"
