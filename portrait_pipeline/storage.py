@@ -6,7 +6,7 @@ import base64
 import contextlib
 import hashlib
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -18,6 +18,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from portrait_pipeline.errors import StorageError
 
 PNG = "image/png"
+# The readiness check writes and deletes one object here; no pipeline key starts with it.
+PROBE_PREFIX = "_probe/"
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,24 @@ class ImageStorage(Protocol):
 
     def list_keys(self, prefix: str) -> list[str]: ...
 
-    def check_ready(self) -> None:
-        """Fail fast, before any generation is paid for, when the storage cannot be used."""
+    def delete(self, key: str) -> None:
+        """Remove `key` if it is there (only the readiness probe deletes: images are never removed)."""
         ...
+
+    def check_ready(self) -> None:
+        """Fail fast, before any generation is paid for, when the storage cannot be written."""
+        ...
+
+
+def write_probe(storage: ImageStorage) -> None:
+    """Put and delete one small object under PROBE_PREFIX: looking (HEAD, LIST) is not proof of writing.
+
+    A read-only identity passes a HEAD on the bucket, then every paid image fails to store; the probe turns
+    that into a refusal before the first call. Raises StorageError naming the service's refusal.
+    """
+    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
+    storage.put(key, b"portrait-pipeline write check\n", immutable=False, content_type="text/plain")
+    storage.delete(key)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -97,16 +114,17 @@ class LocalImageStorage:
             return self._stored(key, digest, len(data))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Write beside the target, then rename: a crash never leaves a half-written image.
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            # Write beside the target, then rename: a crash never leaves a half-written image. `open(..., "xb")`
+            # creates with mode 0666 less the umask, like any file (mkstemp's 0600 kept web servers out).
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
-                with os.fdopen(fd, "wb") as handle:
+                with open(tmp, "xb") as handle:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(tmp_name, path)
+                os.replace(tmp, path)
             except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
             written = path.stat().st_size
         except OSError as exc:
@@ -138,15 +156,22 @@ class LocalImageStorage:
         keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith("."))
 
+    def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+        if path.parent != self.root:
+            with contextlib.suppress(OSError):  # not empty: other objects still live there
+                path.parent.rmdir()
+
     def check_ready(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
-                pass
-        except OSError as exc:
+            write_probe(self)
+        except StorageError as exc:
             raise StorageError(
-                f"image folder {self.root} is not writable ({exc.strerror or exc}): "
-                "set IMAGE_LOCAL_DIR to a folder you can write to"
+                f"image folder {self.root} is not writable ({exc}): set IMAGE_LOCAL_DIR to a folder you can write to"
             ) from None
 
     def _stored(self, key: str, digest: str, size: int) -> StoredObject:
@@ -297,6 +322,13 @@ class S3ImageStorage:
             raise StorageError(f"cannot list {self.location}/{prefix}*: {_service_error_code(exc)}") from exc
         return sorted(keys)
 
+    def delete(self, key: str) -> None:
+        check_key(key)
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("cannot delete", key, exc) from exc
+
     def check_ready(self) -> None:
         try:
             self._client.head_bucket(Bucket=self._bucket)
@@ -304,6 +336,13 @@ class S3ImageStorage:
             raise StorageError(
                 f"cannot use bucket {self.location}: {self._refusal_code(exc)}; check S3_BUCKET_NAME, "
                 "S3_ENDPOINT_URL and the S3 credentials"
+            ) from None
+        try:
+            write_probe(self)
+        except StorageError as exc:
+            raise StorageError(
+                f"bucket {self.location} is not writable with these credentials ({exc}): the S3 identity needs "
+                f"PutObject on the bucket and DeleteObject on {PROBE_PREFIX}*"
             ) from None
 
     def _refusal_code(self, exc: BaseException) -> str:

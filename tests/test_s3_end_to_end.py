@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,14 +22,17 @@ from portrait_pipeline.defs.io_managers import PortraitIOManager
 from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
 from portrait_pipeline.naming import partition_index_key as index_key
-from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, IMMUTABLE_CACHE_CONTROL
+from portrait_pipeline.storage import ALIAS_CACHE_CONTROL, IMMUTABLE_CACHE_CONTROL, PROBE_PREFIX
 from tests.helpers import materialize_portraits, resources_for
+from tests.servers import gemini as fake
 from tests.servers.s3_fixtures import SeaweedEnv, seaweed  # noqa: F401
 
 PARTITION = ("2025", "default")
 PLAYERS_IN_2025 = 20
 CDN = "https://cdn.example.test/portraits"
 WRONG_SECRET = "Wr0ngSecret-e2e-" + "y" * 24
+GEMINI_KEY = "AIzaTEST-e2e-key-0123456789abcdef"
+CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 # Every player gets its own row: the circuit breaker (10 failures in a row by default) must not stop the batch.
 EVERY_PLAYER = {"max_consecutive_failures": 100}
 # The pipeline's own keys are fixed, not random like the other S3 tests' prefixes.
@@ -214,33 +221,66 @@ def test_wrong_keys_fail_the_run_before_anything_is_generated_or_audited(
     assert keys_in_bucket(env) == before  # the run wrote nothing
 
 
-def test_read_only_identity_fails_every_player_and_no_row_claims_an_image(
-    roster_loaded: DatabaseResource, empty_bucket: SeaweedEnv, offline_gemini: GeminiResource
+@pytest.fixture
+def gemini_server() -> Iterator[fake.GeminiTestServer]:
+    with fake.GeminiTestServer(api_key=GEMINI_KEY) as running:
+        yield running
+
+
+def test_read_only_identity_is_refused_before_any_paid_call(
+    roster_loaded: DatabaseResource, empty_bucket: SeaweedEnv, gemini_server: fake.GeminiTestServer
 ) -> None:
+    """HEAD and LIST succeed for a reader: only the write probe tells that every image would fail to store."""
     env = empty_bucket
     storage = s3_storage(env, access_key=env.reader.access_key, secret_key=env.reader.secret_key)
-    storage.get_storage().check_ready()  # the reader may look at the bucket: only the writes are refused
+    gemini = GeminiResource(api_key=GEMINI_KEY, base_url=gemini_server.base_url, requests_per_minute=60_000)
     before = keys_in_bucket(env)
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize(roster_loaded, storage, offline_gemini, instance, EVERY_PLAYER)
+    result = materialize(roster_loaded, storage, gemini, instance, EVERY_PLAYER)
 
     assert not result.success
     message = failure_message(result)
-    assert f"every player failed ({PLAYERS_IN_2025}): cannot write s3://portraits/portraits/default/" in message
-    assert "AccessDenied (HTTP 403)" in message
-    with roster_loaded.session() as db:
-        snapshot = db.scalars(select(PlayerImageSnapshot)).one()
-        assets = list(db.scalars(select(PlayerImageAsset)))
-    assert (snapshot.success_count, snapshot.failure_count) == (0, PLAYERS_IN_2025)
-    assert len(assets) == PLAYERS_IN_2025
-    for asset in assets:
-        assert asset.status == "failed" and not asset.is_current
-        assert asset.s3_key is None and asset.s3_bucket is None and asset.public_url is None
-        assert asset.content_sha256 is None
-        assert asset.error_message is not None
-        assert "s3://portraits/portraits/default/" in asset.error_message
-        assert "AccessDenied (HTTP 403)" in asset.error_message
+    assert f"bucket s3://{env.bucket} is not writable with these credentials" in message
+    assert f"cannot write s3://{env.bucket}/{PROBE_PREFIX}" in message and "AccessDenied (HTTP 403)" in message
+    assert gemini_server.request_counts["generate_content"] == 0  # nothing paid
+    assert count(roster_loaded, PlayerImageSnapshot) == 0
+    assert count(roster_loaded, PlayerImageAsset) == 0
     assert keys_in_bucket(env) == before  # the run wrote nothing
     recorded = everything_recorded(instance, result.run_id, roster_loaded)
     assert "AccessDenied" in recorded
     assert env.reader.secret_key not in recorded
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the CLI's exit path: one database is enough
+def test_cli_with_a_read_only_identity_exits_2_naming_access_denied_and_pays_nothing(
+    roster_loaded: DatabaseResource,
+    empty_bucket: SeaweedEnv,
+    gemini_server: fake.GeminiTestServer,
+    tmp_path: Path,
+) -> None:
+    env = empty_bucket
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("GEMINI_", "S3_", "DAGSTER_"))}
+    cli_env = {
+        **base,
+        "DATABASE_URL": roster_loaded.url,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "GEMINI_BASE_URL": gemini_server.base_url,
+        "S3_BUCKET_NAME": env.bucket,
+        "S3_ENDPOINT_URL": env.endpoint_url,
+        "S3_ACCESS_KEY_ID": env.reader.access_key,
+        "S3_SECRET_ACCESS_KEY": env.reader.secret_key,
+        "CURRENT_DRAFT_YEAR": "2025",
+    }
+    before = keys_in_bucket(env)
+    result = subprocess.run(
+        [CLI, "generate", "--draft-year", "2025"], env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("portrait-pipeline:")]
+    assert len(errors) == 1, result.stderr  # one line: what, where, why
+    assert f"bucket s3://{env.bucket} is not writable" in errors[0] and "AccessDenied (HTTP 403)" in errors[0]
+    assert env.reader.secret_key not in result.stdout + result.stderr
+    assert gemini_server.request_counts["generate_content"] == 0
+    assert count(roster_loaded, PlayerImageSnapshot) == 0
+    assert keys_in_bucket(env) == before

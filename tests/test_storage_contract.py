@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 import re
 import uuid
@@ -19,6 +20,7 @@ from portrait_pipeline.errors import StorageError
 from portrait_pipeline.storage import (
     ALIAS_CACHE_CONTROL,
     IMMUTABLE_CACHE_CONTROL,
+    PROBE_PREFIX,
     ImageStorage,
     LocalImageStorage,
     S3ImageStorage,
@@ -131,6 +133,25 @@ def test_missing_key_is_a_storage_error(backend: Backend) -> None:
     assert key in str(info.value)
 
 
+def test_delete_removes_a_key_and_a_missing_key_is_no_error(backend: Backend) -> None:
+    storage = backend.make()
+    key, other = backend.key("gone/x.png"), backend.key("kept/y.png")
+    storage.put(key, PNG_A, immutable=False)
+    storage.put(other, PNG_A, immutable=False)
+    storage.delete(key)
+    assert not storage.exists(key) and storage.exists(other)
+    storage.delete(key)  # already gone: nothing to do
+    assert storage.list_keys(backend.prefix) == [other]
+
+
+def test_check_ready_writes_and_deletes_its_probe(backend: Backend) -> None:
+    storage = backend.make()
+    storage.check_ready()
+    assert storage.list_keys(PROBE_PREFIX) == []  # the probe was deleted again
+    if isinstance(storage, LocalImageStorage):
+        assert list(storage.root.iterdir()) == []  # nor its folder, nor a temp file
+
+
 # -- S3 specifics ------------------------------------------------------------------------------------
 
 
@@ -213,6 +234,16 @@ def test_s3_get_refuses_a_body_that_does_not_match_its_etag(seaweed: SeaweedEnv)
         storage.get(key)
 
 
+def test_s3_read_only_identity_fails_the_readiness_check_with_the_service_code(seaweed: SeaweedEnv) -> None:  # noqa: F811
+    """The reader may HEAD and LIST the bucket: only writing the probe shows it cannot store an image."""
+    with pytest.raises(StorageError) as info:
+        seaweed.storage(seaweed.reader).check_ready()
+    message = str(info.value)
+    assert "bucket s3://portraits is not writable with these credentials" in message
+    assert f"cannot write s3://portraits/{PROBE_PREFIX}" in message and "AccessDenied (HTTP 403)" in message
+    assert seaweed.reader.secret_key not in message
+
+
 # -- local specifics ---------------------------------------------------------------------------------
 
 
@@ -227,3 +258,17 @@ def test_local_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
         storage.get("players/1/x.png")
     assert not storage.exists("players/1/x.png")
     assert storage.list_keys("") == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_local_images_get_the_process_umask_like_any_file(tmp_path: Path, umask: int, mode: int) -> None:
+    """A web server reading the folder must be able to serve the images (mkstemp wrote them 0600)."""
+    previous = os.umask(umask)
+    try:
+        storage = LocalImageStorage(tmp_path / "images")
+        storage.put("players/1/x.png", PNG_A, immutable=True)
+        storage.put("players/1/current.png", PNG_A, immutable=False)
+    finally:
+        os.umask(previous)
+    for key in ("players/1/x.png", "players/1/current.png"):
+        assert (storage.path_for(key).stat().st_mode & 0o777) == mode

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from portrait_pipeline.errors import ConfigurationError, DatabaseNotMigrated
@@ -21,6 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / '.portraits' / 'portraits.db'}"
 # Our own Alembic version table, so the app can share a PostgreSQL database with Dagster's storage.
 VERSION_TABLE = "portrait_alembic_version"
+# Every PostgreSQL connection of the app waits at most this long for a lock and runs a statement at most this
+# long, so a lock held elsewhere fails a run with a clear error instead of blocking it forever. They go first in
+# libpq's `options`, so the URL's own `?options=-c lock_timeout=5s` (a later -c) overrides them.
+# https://www.postgresql.org/docs/current/runtime-config-client.html (lock_timeout, statement_timeout)
+POSTGRES_TIMEOUTS = {"lock_timeout": "30s", "statement_timeout": "300s"}
 
 
 def normalize_url(url: str) -> str:
@@ -48,7 +53,20 @@ def _engine(normalized: str) -> Engine:
         engine = create_engine(normalized, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(normalized, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        normalized,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"options": postgres_options(normalized)},
+    )
+
+
+def postgres_options(url: str) -> str:
+    """libpq's startup `options`: our timeouts, then whatever the URL sets (which wins where both set one)."""
+    ours = " ".join(f"-c {name}={value}" for name, value in POSTGRES_TIMEOUTS.items())
+    theirs = make_url(url).query.get("options")
+    return " ".join([ours, *([theirs] if isinstance(theirs, str) else theirs or ())])
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -78,18 +96,45 @@ def current_revision(engine: Engine) -> str | None:
         return context.get_current_revision()
 
 
-def check_migrated(engine: Engine) -> None:
-    """Fail with a fix-it message unless the database is at the newest migration."""
+def where(engine: Engine) -> str:
+    """The database's URL for messages: never its password."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+# SQLSTATEs of the two timeouts set on every connection, and what to tell about them.
+# The SQLSTATEs of the two timeouts: which setting ended the statement, and why it usually does.
+_TIMEOUTS = {"55P03": ("lock_timeout", "another session holds the lock"), "57014": ("statement_timeout", "")}
+
+
+def describe_error(exc: SQLAlchemyError) -> str:
+    """The driver's reason on one line (libpq's are several), without SQLAlchemy's statement and links."""
+    reason = exc.orig if isinstance(exc, DBAPIError) else exc
+    text = f"{type(reason).__name__}: {' '.join(str(reason).split())}"
+    timeout = _TIMEOUTS.get(str(getattr(reason, "sqlstate", "")))
+    if timeout:
+        name, why = timeout
+        setting = f"{name} is {POSTGRES_TIMEOUTS[name]} unless DATABASE_URL sets ?options=-c {name}=..."
+        text += f" ({why}; {setting})" if why else f" ({setting})"
+    return text
+
+
+def checked_revision(engine: Engine) -> str | None:
+    """The current revision, or a one-line ConfigurationError when the database cannot be opened."""
     try:
-        current = current_revision(engine)
+        return current_revision(engine)
     except SQLAlchemyError as exc:
         raise ConfigurationError(
-            f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
-            f"{exc.__class__.__name__}: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}"
+            f"cannot open the database {where(engine)}: {describe_error(exc)}; check DATABASE_URL and that the "
+            "server is running"
         ) from None
+
+
+def check_migrated(engine: Engine) -> None:
+    """Fail with a fix-it message unless the database is at the newest migration."""
+    current = checked_revision(engine)
     if current != head_revision():
         raise DatabaseNotMigrated(
-            f"database {engine.url.render_as_string(hide_password=True)} is at revision {current or 'none'}, "
+            f"database {where(engine)} is at revision {current or 'none'}, "
             f"not {head_revision()}: run `portrait-pipeline db upgrade` (or `make migrate`)"
         )
 
@@ -98,6 +143,15 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+
+
+def downgrade_steps(url: str, revision: str = "base") -> list[str]:
+    """The migrations a downgrade to `revision` would undo, newest first: `id (what it added)`."""
+    current = checked_revision(engine_for(url))
+    if current is None:
+        return []
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    return [f"{step.revision} {step.doc}" for step in scripts.iterate_revisions(current, revision)]
 
 
 def downgrade(url: str, revision: str = "base") -> None:

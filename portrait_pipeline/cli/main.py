@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import roster
-from portrait_pipeline.audit.db import REPO_ROOT
+from portrait_pipeline.audit.db import REPO_ROOT, describe_error
 from portrait_pipeline.audit.models import Player
 from portrait_pipeline.audit.queries import current_styles, draft_year_key
 from portrait_pipeline.cohorts import COHORTS, Selection, select_players
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="migrate the app database (Alembic)")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])
     db.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+    db.add_argument("--yes", action="store_true", help="downgrade without asking (it drops tables and their rows)")
 
     players = commands.add_parser("players", help="the roster")
     player_commands = players.add_subparsers(dest="players_command", required=True, parser_class=_Parser)
@@ -149,12 +151,33 @@ def cmd_db(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.audit import db
 
     url = ctx.database.url
+    db.checked_revision(db.engine_for(url))  # an unreachable server is one line, not Alembic's traceback
     if args.action == "upgrade":
         db.upgrade(url, args.revision or "head")
     elif args.action == "downgrade":
-        db.downgrade(url, args.revision or "base")
+        target = args.revision or "base"
+        if _downgrade_confirmed(args.yes, db.downgrade_steps(url, target), db.where(db.engine_for(url)), target):
+            db.downgrade(url, target)
     print(f"database at revision {db.current_revision(db.engine_for(url)) or 'none'} (head {db.head_revision()})")
     return EXIT_OK
+
+
+def _downgrade_confirmed(yes: bool, steps: list[str], where: str, target: str) -> bool:
+    """A downgrade drops tables and every row in them: only with --yes, or a typed "yes" at a terminal."""
+    if not steps or yes:
+        return bool(steps)
+    what = (
+        f"db downgrade to {target} would undo {len(steps)} migration(s) of {where}, dropping their tables and columns"
+    )
+    if target == "base":
+        what += " (every table of the app, with all its rows)"
+    what += f": {'; '.join(steps)}"
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what}. Run again with --yes to do it")
+    print(what)
+    if input("Type yes to drop them: ").strip().lower() != "yes":
+        raise UsageError("db downgrade not confirmed: nothing was dropped")
+    return True
 
 
 def cmd_players_import(args: argparse.Namespace, ctx: Context) -> int:
@@ -281,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except PortraitPipelineError as exc:
         print(f"portrait-pipeline: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
+    except SQLAlchemyError as exc:  # the transaction was rolled back; the reason, not SQLAlchemy's traceback
+        print(f"portrait-pipeline: database error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILURES
     except BrokenPipeError:  # `portrait-pipeline players list | head`
         sys.stderr.close()
