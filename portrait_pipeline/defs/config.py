@@ -8,10 +8,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, model_validator
 
-from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionRequest
+from portrait_pipeline.model_registry import parse_image_size
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 

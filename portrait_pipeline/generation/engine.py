@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.costs import ImageSize, price
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook
+from portrait_pipeline.model_registry import ImageSize
 from portrait_pipeline.styles import Style
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ async def generate_batch(
     """
     calls = asyncio.Semaphore(limits.max_concurrency)
     storing = asyncio.Semaphore(limits.max_concurrency)
-    breaker = _Breaker(limits, price(service.renderer.model, job.image_size).usd_per_image)
+    breaker = _Breaker(limits, service.renderer.pricing.usd_per_image(job.image_size))
     outcomes: list[PlayerOutcome] = []
     tasks: list[asyncio.Task[None]] = []
 

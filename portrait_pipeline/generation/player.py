@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from portrait_pipeline import images, naming
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.costs import TARGET_DIMENSIONS, ImageSize, price
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
 from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
 from portrait_pipeline.likeness import Likeness
+from portrait_pipeline.model_registry import TARGET_DIMENSIONS, ImageSize
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 from portrait_pipeline.styles import Style
@@ -108,7 +108,7 @@ class ImageGenerationService:
             "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
         }
         attempt.rendered = rendered  # paid for from here on, whatever happens next
-        attempt.cost = price(self.renderer.model, image_size).usd_per_image
+        attempt.cost = self.renderer.pricing.usd_per_image(image_size)
         if on_answer is not None:
             await on_answer()
         # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.
