@@ -378,17 +378,17 @@ class ImagePricing:
 
     def usd_per_image(self, size: ImageSize) -> Decimal:
         """The price a run records and budgets with; refuses when it is unknown, rather than a silent $0."""
-        usd = self.standard_usd(size)
-        if usd is None:
+        per_image = self.standard_usd(size)
+        if per_image is None:
             raise ConfigurationError(
                 f"image model {self.model} has no {size} price in portrait_pipeline/model_registry.py: "
                 "set GEMINI_IMAGE_PRICE_USD (USD per image) to run it"
             )
-        return usd
+        return per_image
 
     def estimate(self, size: ImageSize, images: int, lane: Literal["standard", "batch"] = "standard") -> Decimal | None:
-        usd = self.standard_usd(size) if lane == "standard" else self.batch_usd(size)
-        return None if usd is None else usd * images
+        per_image = self.standard_usd(size) if lane == "standard" else self.batch_usd(size)
+        return None if per_image is None else per_image * images
 
     def token_cost(self, output_tokens: int) -> Decimal | None:
         """What the answers' token counts say was spent; None without a token price (a model we do not know)."""
@@ -455,16 +455,19 @@ def markdown_tables() -> str:
     for model in MODELS.values():
         if model.kind == "vision":
             lines.append(
-                f"| `{model.id}` | {_usd(model.input_usd_per_million)} | {_usd(model.output_usd_per_million)} | "
+                f"| `{model.id}` | {usd(model.input_usd_per_million)} | {usd(model.output_usd_per_million)} | "
                 f"{model.price_source} | {_lifecycle(model)} |"
             )
     return "\n".join(lines)
 
 
-def _usd(value: Decimal | None) -> str:
-    """$0.134, $0.0336, $1.50: every digit the source gave, and at least cents."""
+def usd(value: Decimal | None, places: int | None = None) -> str:
+    """$0.134, $0.0336, $1.50 (every digit the source gave, at least cents; or `places` digits), or "unknown":
+    an unknown price is never shown as $0."""
     if value is None:
         return "unknown"
+    if places is not None:
+        return f"${value:.{places}f}"
     exact, exponent = value.normalize(), value.normalize().as_tuple().exponent
     return f"${exact if isinstance(exponent, int) and exponent < -2 else value.quantize(Decimal('0.01'))}"
 
@@ -475,7 +478,7 @@ def _size_cell(size: ImageSize, offer: SizeOffer | None) -> str:
     how = (
         "" if offer.api_size == size else " (fixed size)" if offer.api_size is None else f" (made at {offer.api_size})"
     )
-    return f"{_usd(offer.standard_usd)} / {_usd(offer.batch_usd)}{how}"
+    return f"{usd(offer.standard_usd)} / {usd(offer.batch_usd)}{how}"
 
 
 def _lifecycle(model: ModelEntry) -> str:

@@ -189,7 +189,8 @@ def test_a_hung_call_times_out_and_is_retried(
     gemini: GeminiResource,
 ) -> None:
     server.enqueue(fake.hang_reply())
-    quick = gemini.model_copy(update={"timeout_s": 1.0})
+    # A new resource: Dagster builds a run's resources from their config, which `model_copy` leaves as it was.
+    quick = GeminiResource(**{**gemini.model_dump(), "timeout_s": 1.0})
     result = materialize_portraits(
         resources_for(roster_loaded, storage_resource, quick), ("2025", "default"), {"player_ids": [1]}
     )

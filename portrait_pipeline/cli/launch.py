@@ -26,7 +26,7 @@ from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import Resources
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
-from portrait_pipeline.model_registry import ImagePricing, ImageSize, parse_image_size
+from portrait_pipeline.model_registry import ImagePricing, ImageSize, parse_image_size, usd
 from portrait_pipeline.styles import Style, parse_style
 
 
@@ -147,13 +147,6 @@ def render_plan(plan: GenerationPlan) -> str:
     if pricing.standard_usd(size) is None:
         lines.append(f"{plan.model} has no {size} price in the model registry: set GEMINI_IMAGE_PRICE_USD to run it.")
     return "\n".join(lines)
-
-
-def usd(value: Decimal | None, places: int | None = None) -> str:
-    """$1.23, or "unknown": an unknown price is never shown as $0."""
-    if value is None:
-        return "unknown"
-    return f"${value:.{places}f}" if places is not None else f"${value.normalize():f}"
 
 
 @dataclass

@@ -106,9 +106,9 @@ class GeminiResource(dg.ConfigurableResource):
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
 
     _client: GeminiClient | None = PrivateAttr(default=None)
-    # model -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its own
-    # copy of the resource). Reassigned, never mutated, so copies never share it.
-    _checked: dict[str, tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
+    # (kind, model) -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its
+    # own copy of the resource). Reassigned, never mutated, so copies never share it.
+    _checked: dict[tuple[str, str], tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
 
     @property
     def uses_gemini(self) -> bool:
@@ -175,13 +175,13 @@ class GeminiResource(dg.ConfigurableResource):
         # The price first: a run that could not record its cost stops before any request.
         warnings = self._price_warnings(image_size, dry_run) if image_size is not None else []
         for variable, model, kind in checks:
-            if model not in self._checked:
+            if (kind, model) not in self._checked:
                 try:
                     outcome: tuple[str | None, list[str]] = (None, check_model(self.client(), model, kind, today))
                 except ConfigurationError as exc:
                     outcome = (str(exc), [])
-                self._checked = {**self._checked, model: outcome}
-            refusal, found = self._checked[model]
+                self._checked = {**self._checked, (kind, model): outcome}
+            refusal, found = self._checked[kind, model]
             if refusal is not None:
                 raise ConfigurationError(f"{variable}={model} {refusal}")
             warnings += [f"{variable}={model} {warning}" for warning in found]
