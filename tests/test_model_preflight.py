@@ -121,7 +121,7 @@ def test_a_model_the_api_lacks_is_refused_with_its_reason_and_replacement(server
     assert server.request_counts == {"get_model": 1}
 
 
-def test_a_shutdown_within_30_days_is_a_warning(server: fake.GeminiTestServer) -> None:
+def test_a_shutdown_within_30_days_is_a_warning() -> None:
     with fake.GeminiTestServer(api_key=API_KEY, models=[DEFAULT_IMAGE_MODEL, "gemini-2.5-flash"]) as old_catalogue:
         gemini = GeminiResource(api_key=API_KEY, base_url=old_catalogue.base_url, vision_model="gemini-2.5-flash")
         warnings = gemini.preflight(vision=True, today=date(2026, 11, 15))
