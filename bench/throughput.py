@@ -35,11 +35,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.servers.gemini import GeminiTestServer  # noqa: E402  (needs the repo root on sys.path)
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL  # noqa: E402  (needs the repo root on sys.path)
+from tests.servers.gemini import GeminiTestServer  # noqa: E402
 
 DRAFT_YEAR = "2031"
 STYLE = "default"
-IMAGE_MODEL = "gemini-3-pro-image-preview"
+IMAGE_MODEL = DEFAULT_IMAGE_MODEL
 FIRST_NAMES = ("Amari", "Bastien", "Caius", "Dario", "Emeka", "Fionn", "Goran", "Hakim", "Ilias", "Jonah")
 LAST_NAMES = ("Achterberg", "Brannigan", "Castellano", "Drummond", "Eze", "Falkner", "Grobler", "Hallström")
 POSITIONS = ("PG", "SG", "SF", "PF", "C")
@@ -254,7 +255,11 @@ def measure(server: GeminiTestServer, players: int, max_concurrency: int, rps: f
         max_concurrency=max_concurrency,
         peak_in_flight=server.peak_in_flight,
         count_429=server.count_429,
-        image_200s=sum(1 for request in requests if request.model == IMAGE_MODEL and request.status == 200),
+        image_200s=sum(
+            1
+            for request in requests
+            if request.kind == "generate_content" and request.model == IMAGE_MODEL and request.status == 200
+        ),
         **figures,
     )
 

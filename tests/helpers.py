@@ -16,6 +16,23 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     QualitySettings,
 )
+from portrait_pipeline.model_registry import current_models
+from tests.servers import gemini as fake
+
+
+def current_catalogue() -> list[fake.ModelInfo]:
+    """The real API's catalogue as far as the registry knows it today: the test server of "the real API" serves
+    these and 404s every other id, so a default the registry has retired fails the suite."""
+    return [fake.ModelInfo(model.id, kind="image" if model.kind == "image" else "text") for model in current_models()]
+
+
+def generate_requests(server: fake.GeminiTestServer, model: str | None = None) -> list[fake.RecordedRequest]:
+    """The generateContent requests (paid calls), of one model or all; not the preflight's `models.get`."""
+    return [
+        request
+        for request in server.requests
+        if request.kind == "generate_content" and (model is None or request.model == model)
+    ]
 
 
 def resources_for(

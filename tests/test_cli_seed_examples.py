@@ -21,20 +21,22 @@ from sqlalchemy import select, update
 from portrait_pipeline import images
 from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.roster import import_roster, read_roster
+from tests.helpers import current_catalogue, generate_requests
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
 
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 API_KEY = "cli-test-key-7f3a"
-IMAGE_MODEL = "gemini-3-pro-image-preview"
+IMAGE_MODEL = DEFAULT_IMAGE_MODEL
 LIKENESS_PLAYER = 3  # De'Andre Whitfield, 2025
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
 def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY) as running:
+    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
         yield running
 
 
@@ -80,7 +82,7 @@ def run(env: dict[str, str]) -> Run:
 
 
 def image_requests(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
-    return [request for request in server.requests if request.model == IMAGE_MODEL]
+    return generate_requests(server, IMAGE_MODEL)
 
 
 def assets(env: dict[str, str]) -> list[PlayerImageAsset]:
@@ -126,7 +128,7 @@ def test_generate_for_specific_player_with_reference_image_for_likeness(
 ) -> None:
     result = run("--player-id", str(LIKENESS_PLAYER), "--fetch-likeness")
     assert result.returncode == 0, result.stderr
-    vision = [request for request in server.requests if request.model != IMAGE_MODEL]
+    vision = [request for request in generate_requests(server) if request.model != IMAGE_MODEL]
     assert len(vision) == 1
     [request] = image_requests(server)
     assert fake.DEFAULT_DESCRIPTION in json.dumps(request.body) and "inlineData" not in json.dumps(request.body)
@@ -160,9 +162,11 @@ def test_cost_conscious_batch_smaller_size(run: Run, env: dict[str, str], server
 def test_dry_run_to_preview_and_estimate_costs(run: Run, env: dict[str, str], server: fake.GeminiTestServer) -> None:
     result = run("--all", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert server.requests == []
+    assert [request.kind for request in server.requests] == ["get_model"]  # with a key: the model is checked
     assert snapshots(env) == []
-    assert IMAGE_MODEL in result.stdout and "$5.36" in result.stdout  # 40 players x $0.134
+    assert IMAGE_MODEL in result.stdout
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total"))
+    assert total.split()[-2:] == ["$5.36", "$2.68"]  # 40 players x $0.134 standard, x $0.067 batch
     assert not Path(env["IMAGE_LOCAL_DIR"]).exists()
 
 

@@ -29,15 +29,16 @@ from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImage
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
 from portrait_pipeline.generation.partition import PartitionRequest, run_partition
 from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.storage import LocalImageStorage, StoredObject
 from portrait_pipeline.styles import Style
-from tests.helpers import materialize_portraits, resources_for
+from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "fault-injection-key"
-IMAGE_MODEL = "gemini-3-pro-image-preview"  # the default model: $0.134 an image
+IMAGE_MODEL = DEFAULT_IMAGE_MODEL  # $0.134 an image
 DRAFT_YEAR = "2030"
 STYLE: Style = "default"
 # A small 4:5 answer and 512 portraits keep Pillow's share of each test to milliseconds.
@@ -53,7 +54,8 @@ def start_server() -> Iterator[StartServer]:
     with ExitStack() as stack:
 
         def start(**faults: Any) -> fake.GeminiTestServer:
-            return stack.enter_context(fake.GeminiTestServer(image_size=SERVER_IMAGE, **faults))
+            settings = {"image_size": SERVER_IMAGE, "models": current_catalogue(), **faults}
+            return stack.enter_context(fake.GeminiTestServer(**settings))
 
         yield start
 
@@ -110,7 +112,7 @@ def summary(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def image_calls(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
-    return [request for request in server.requests if request.model == IMAGE_MODEL]
+    return generate_requests(server, IMAGE_MODEL)
 
 
 def paid_calls(server: fake.GeminiTestServer) -> int:
@@ -269,7 +271,7 @@ def test_likeness_fetches_and_descriptions_in_flight_do_not_hold_db_connections(
         result = materialize_portraits(resources, (DRAFT_YEAR, STYLE), {"image_size": "512", "fetch_likeness": True})
         elapsed = time.monotonic() - started
     assert result.success and summary(result)["failed"] == 0
-    assert len([request for request in server.requests if request.model != IMAGE_MODEL]) == len(players)
+    assert len([request for request in generate_requests(server) if request.model != IMAGE_MODEL]) == len(players)
     assert current_images(database) == dict.fromkeys(players, 1)
     assert elapsed < 15  # a connection wait would stall the run for the pool timeout (30 s)
 

@@ -22,20 +22,27 @@ from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerLikeness
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
 from portrait_pipeline.generation.player import ImageGenerationService
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from portrait_pipeline.storage import LocalImageStorage, sha256_hex
-from tests.helpers import materialize_likeness, materialize_portraits, resources_for
+from tests.helpers import (
+    current_catalogue,
+    generate_requests,
+    materialize_likeness,
+    materialize_portraits,
+    resources_for,
+)
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
 
 API_KEY = "AIzaTEST-secret-key-0123456789abcdef"
-IMAGE_MODEL = "gemini-3-pro-image-preview"
-VISION_MODEL = "gemini-2.5-flash"
+IMAGE_MODEL = DEFAULT_IMAGE_MODEL
+VISION_MODEL = DEFAULT_VISION_MODEL
 
 
 @pytest.fixture
 def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY) as running:
+    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
         yield running
 
 
@@ -66,7 +73,7 @@ def references(reference_png: bytes) -> Iterator[FileServer]:
 
 
 def image_requests(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
-    return [request for request in server.requests if request.model == IMAGE_MODEL]
+    return generate_requests(server, IMAGE_MODEL)
 
 
 def assets_of(database: DatabaseResource) -> list[PlayerImageAsset]:
@@ -182,7 +189,8 @@ def test_a_hung_call_times_out_and_is_retried(
     gemini: GeminiResource,
 ) -> None:
     server.enqueue(fake.hang_reply())
-    quick = gemini.model_copy(update={"timeout_s": 1.0})
+    # A new resource: Dagster builds a run's resources from their config, which `model_copy` leaves as it was.
+    quick = GeminiResource(**{**gemini.model_dump(), "timeout_s": 1.0})
     result = materialize_portraits(
         resources_for(roster_loaded, storage_resource, quick), ("2025", "default"), {"player_ids": [1]}
     )
@@ -227,7 +235,7 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     assert first.success and second.success
     assert first.asset_materializations_for_node("likeness_descriptions")[0].metadata["described_now"].value == 1
     assert second.asset_materializations_for_node("likeness_descriptions")[0].metadata["reused"].value == 1
-    vision = [request for request in server.requests if request.model == VISION_MODEL]
+    vision = generate_requests(server, VISION_MODEL)
     assert len(vision) == 1
     sent = vision[0].body["contents"][0]["parts"][0]["inlineData"]["data"]
     assert base64.urlsafe_b64decode(sent) == reference_png  # the vision model does see the photo
@@ -242,7 +250,7 @@ def test_reference_is_described_once_and_only_words_reach_the_image_model(
     fingerprints = [base64.b64encode(reference_png)[40:120], base64.urlsafe_b64encode(reference_png)[40:120]]
     for body in bodies:  # the image model gets words only, never the reference photo
         assert "inlineData" not in body and not any(mark.decode() in body for mark in fingerprints)
-    assert len([request for request in server.requests if request.model == VISION_MODEL]) == 1
+    assert len(generate_requests(server, VISION_MODEL)) == 1
     with_likeness, without = assets_of(roster_loaded)
     assert with_likeness.used_likeness_ref and with_likeness.reference_sha256 == stored.reference_sha256
     assert with_likeness.likeness_description == fake.DEFAULT_DESCRIPTION and url == with_likeness.reference_image_url
@@ -274,7 +282,7 @@ def test_refused_reference_is_a_reason_on_the_players_row_not_a_crash(
         and "is " in (refused.error_message or "")
         and bad_url in (refused.error_message or "")
     )
-    assert not [request for request in server.requests if request.model == VISION_MODEL]
+    assert not generate_requests(server, VISION_MODEL)
 
 
 def test_api_key_never_reaches_logs_metadata_or_the_database(

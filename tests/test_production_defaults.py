@@ -26,6 +26,7 @@ from portrait_pipeline.errors import GenerationFailed, ReferenceImageRejected
 from portrait_pipeline.generation.renderer import RenderRequest
 from portrait_pipeline.likeness import FetchPolicy, fetch_reference
 from portrait_pipeline.styles import STYLES
+from tests.helpers import current_catalogue
 from tests.servers import gemini as fake
 
 TEN_MB = 10 * 1024 * 1024
@@ -174,7 +175,7 @@ API_KEY = "AIzaTEST-defaults-key-0123456789abcdef"
 
 @pytest.fixture
 def gemini_server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY) as running:
+    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
         yield running
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import dagster as dg
 import rich.progress
@@ -31,6 +31,7 @@ from portrait_pipeline.defs.runs import worker_tags
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
 from portrait_pipeline.interrupts import StopRequest, exit_status
+from portrait_pipeline.model_registry import ImagePricing, ImageSize, parse_image_size, usd
 from portrait_pipeline.styles import Style, parse_style
 
 T = TypeVar("T")
@@ -71,20 +72,30 @@ class PartitionLaunch:
 @dataclass(frozen=True)
 class GenerationPlan:
     label: str
-    model: str
-    image_size: str
+    pricing: ImagePricing
+    image_size: ImageSize
     partitions: list[PartitionLaunch]
 
     @property
-    def total_cost(self) -> Decimal:
-        return sum((launch.plan.estimated_cost_usd for launch in self.partitions), Decimal("0"))
+    def model(self) -> str:
+        return self.pricing.model
+
+    @property
+    def fetch_likeness(self) -> bool:
+        return any(launch.plan.request.fetch_likeness for launch in self.partitions)
+
+    def total_cost(self, lane: Literal["standard", "batch"] = "standard") -> Decimal | None:
+        """Every partition's estimate on one lane; None if the price is unknown."""
+        images = sum(len(launch.plan.to_generate) for launch in self.partitions)
+        return self.pricing.estimate(self.image_size, images, lane)
 
 
 def plan_generation(
     resources: Resources, selection: Selection, styles: list[Style], settings: dict[str, Any], limit: int | None
 ) -> GenerationPlan:
     """Resolve the selection into (draft year, style) partitions, their configs and players; writes nothing."""
-    model = resources.gemini.model
+    model, pricing = resources.gemini.model, resources.gemini.image_pricing()
+    image_size = parse_image_size(settings["image_size"], model)
     current_year = resources.settings.current_draft_year
     label = selection.label(current_year)
     storage = resources.storage.get_storage()
@@ -103,8 +114,8 @@ def plan_generation(
             )
             for style in styles:
                 request = partition_request(config, str(portrait_partition_key(year_key, style)), model)
-                launches.append(PartitionLaunch(config, plan_partition(db, storage, request, model)))
-    return GenerationPlan(label=label, model=model, image_size=settings["image_size"], partitions=launches)
+                launches.append(PartitionLaunch(config, plan_partition(db, storage, request, pricing)))
+    return GenerationPlan(label=label, pricing=pricing, image_size=image_size, partitions=launches)
 
 
 def no_players_message(db: Session, selection: Selection, current_year: int) -> str:
@@ -121,23 +132,28 @@ def no_players_message(db: Session, selection: Selection, current_year: int) -> 
 
 
 def render_plan(plan: GenerationPlan) -> str:
-    """The dry-run table: players per partition, skips, model, size, cost."""
+    """The dry-run table: players per partition, skips, model, size, and the cost on the standard and batch lanes."""
+    pricing, size = plan.pricing, plan.image_size
     lines = [
-        f"Dry run for {plan.label}: model {plan.model}, size {plan.image_size}. Nothing generated, nothing written.",
-        f"{'partition':<22}{'players':>8}{'generate':>10}{'skip':>6}{'est. cost':>12}",
+        f"Dry run for {plan.label}: model {plan.model}, size {size}, {usd(pricing.standard_usd(size))} an image "
+        f"(batch {usd(pricing.batch_usd(size))}). Nothing generated, nothing written.",
+        f"{'partition':<22}{'players':>8}{'generate':>10}{'skip':>6}{'standard':>12}{'batch':>12}",
     ]
     for launch in plan.partitions:
         partition = launch.plan
         total = len(partition.to_generate) + len(partition.skipped)
         lines.append(
-            f"{launch.partition_key:<22}{total:>8}{len(partition.to_generate):>10}"
-            f"{len(partition.skipped):>6}{'$' + format(partition.estimated_cost_usd, '.2f'):>12}"
+            f"{launch.partition_key:<22}{total:>8}{len(partition.to_generate):>10}{len(partition.skipped):>6}"
+            f"{usd(partition.estimated_cost_usd, 2):>12}{usd(partition.estimated_batch_cost_usd, 2):>12}"
         )
     generate = sum(len(launch.plan.to_generate) for launch in plan.partitions)
     skipped = sum(len(launch.plan.skipped) for launch in plan.partitions)
     lines.append(
-        f"{'total':<22}{generate + skipped:>8}{generate:>10}{skipped:>6}{'$' + format(plan.total_cost, '.2f'):>12}"
+        f"{'total':<22}{generate + skipped:>8}{generate:>10}{skipped:>6}"
+        f"{usd(plan.total_cost(), 2):>12}{usd(plan.total_cost('batch'), 2):>12}"
     )
+    if pricing.standard_usd(size) is None:
+        lines.append(f"{plan.model} has no {size} price in the model registry: set GEMINI_IMAGE_PRICE_USD to run it.")
     return "\n".join(lines)
 
 

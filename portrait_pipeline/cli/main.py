@@ -21,11 +21,11 @@ from portrait_pipeline.audit.db import REPO_ROOT, describe_error
 from portrait_pipeline.audit.models import Player
 from portrait_pipeline.audit.queries import current_styles, draft_year_key
 from portrait_pipeline.cohorts import COHORTS, Selection, select_players
-from portrait_pipeline.costs import IMAGE_SIZES
 from portrait_pipeline.defs.resources import DatabaseResource, Resources
 from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, stop_on_signals
+from portrait_pipeline.model_registry import IMAGE_SIZES
 from portrait_pipeline.styles import STYLES
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
@@ -219,6 +219,12 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
 
     styles = list(dict.fromkeys(launch.style_flag(value) for value in (args.style or ["default"])))
     plan = launch.plan_generation(ctx.resources, selection_of(args), styles, launch.run_settings(args), args.limit)
+    # Before anything is generated or written: a dead model or an unknown price stops here (exit 2).
+    warnings = ctx.resources.gemini.preflight(
+        image_size=plan.image_size, vision=plan.fetch_likeness, dry_run=args.dry_run
+    )
+    for warning in warnings:
+        print(f"portrait-pipeline: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(launch.render_plan(plan))
         return EXIT_OK

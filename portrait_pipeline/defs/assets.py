@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from portrait_pipeline.defs.resources import (
     generation_service,
 )
 from portrait_pipeline.defs.runs import run_has_ended
+from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.interrupts import stop_on_signals
@@ -43,6 +45,7 @@ def likeness_descriptions(
     likeness: LikenessResource,
 ) -> dg.MaterializeResult:
     """Neutral descriptions of each player's reference photo, made once per photo content by the vision model."""
+    preflight(context, gemini, vision=True)
     service = LikenessService(gemini.describer(), likeness.policy())
     with database.session() as db:
         players = players_in_draft_year(db, context.partition_key, config.player_ids)
@@ -95,9 +98,10 @@ def player_portraits(
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
     request = partition_request(config, context.partition_key, gemini.model, context.run.run_id)
+    preflight(context, gemini, image_size=request.image_size, vision=request.fetch_likeness, dry_run=config.dry_run)
     if config.dry_run:
         with database.session() as db:
-            plan = plan_partition(db, storage.get_storage(), request, gemini.model)
+            plan = plan_partition(db, storage.get_storage(), request, gemini.image_pricing())
         context.log.info(f"dry run: {len(plan.to_generate)} to generate, {len(plan.skipped)} skipped")
         yield dg.AssetObservation(
             asset_key=context.asset_key, partition=context.partition_key, metadata=dry_run_metadata(plan)
@@ -154,6 +158,16 @@ def core_logs_to(log: dg.DagsterLogManager) -> Iterator[None]:
         logger.propagate = propagate
 
 
+def preflight(context: dg.AssetExecutionContext, gemini: GeminiResource, **checks: Any) -> None:
+    """The models this run calls, checked before its first paid call: a dead one fails the run in one line."""
+    try:
+        warnings = gemini.preflight(**checks)
+    except ConfigurationError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    for warning in warnings:
+        context.log.warning(warning)
+
+
 class ProgressLog:
     """A warning per failed player and a progress line every few seconds, not a line per image.
 
@@ -193,8 +207,14 @@ def dry_run_metadata(plan: PartitionPlan) -> dict[str, Any]:
         "would_skip": len(plan.skipped),
         "model": plan.model,
         "image_size": plan.request.image_size,
-        "estimated_cost_usd": float(plan.estimated_cost_usd),
+        "estimated_cost_usd": usd_metadata(plan.estimated_cost_usd),
+        "estimated_batch_cost_usd": usd_metadata(plan.estimated_batch_cost_usd),
     }
+
+
+def usd_metadata(value: Decimal | None) -> float | str:
+    """A price as a number, or "unknown": never a $0 that was not measured."""
+    return "unknown" if value is None else float(value)
 
 
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
@@ -215,9 +235,9 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "run_key": result.run_key,
         "snapshot_version": result.snapshot_version,
         "snapshot_id": result.snapshot_id,
-        "estimated_cost_usd": float(result.plan.estimated_cost_usd),
+        "estimated_cost_usd": usd_metadata(result.plan.estimated_cost_usd),
         "cost_usd": float(result.cost_usd),
-        "token_cost_usd": float(result.token_cost_usd),
+        "token_cost_usd": usd_metadata(result.token_cost_usd),
         "players": player_table(result),
         "wall_time_s": round(result.wall_time_s, 2),
         "system_prompt": dg.MetadataValue.text(SYSTEM_PROMPT),

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 from portrait_pipeline import images
 from portrait_pipeline.audit import queries
 from portrait_pipeline.audit.models import Player, PlayerImageAsset
-from portrait_pipeline.costs import TARGET_DIMENSIONS
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.partitions import portrait_partitions, split_partition_key
 from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
+from portrait_pipeline.model_registry import TARGET_DIMENSIONS
 from portrait_pipeline.storage import ImageStorage, sha256_hex
 
 # Partitioned asset checks are a Dagster preview feature; the warning at every load is noise nobody can act on.

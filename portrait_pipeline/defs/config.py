@@ -9,11 +9,11 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from portrait_pipeline.audit.leases import DEFAULT_TTL_S
-from portrait_pipeline.costs import parse_image_size
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionRequest
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S
+from portrait_pipeline.model_registry import parse_image_size
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -19,13 +21,19 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
-from portrait_pipeline.costs import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL
 from portrait_pipeline.errors import ConfigurationError, InvalidInput
-from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy
+from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy, check_model
 from portrait_pipeline.generation.offline import OfflineRenderer
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.generation.renderer import Renderer
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
+from portrait_pipeline.model_registry import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_VISION_MODEL,
+    ImagePricing,
+    ImageSize,
+    ModelKind,
+)
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
 from portrait_pipeline.styles import Style, parse_style
 
@@ -84,6 +92,11 @@ class GeminiResource(dg.ConfigurableResource):
     base_url: str | None = Field(default=None, description="GEMINI_BASE_URL: a gateway, proxy or test server")
     image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="GEMINI_IMAGE_MODEL")
     vision_model: str = Field(default=DEFAULT_VISION_MODEL, description="GEMINI_VISION_MODEL (likeness)")
+    image_price_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="GEMINI_IMAGE_PRICE_USD: USD per image where the model registry has no price (a newer model)",
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds")
     max_attempts: int = Field(default=5, ge=1, description="Attempts per call for 429, 5xx and timeouts")
     retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles, with jitter")
@@ -93,6 +106,9 @@ class GeminiResource(dg.ConfigurableResource):
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
 
     _client: GeminiClient | None = PrivateAttr(default=None)
+    # (kind, model) -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its
+    # own copy of the resource). Reassigned, never mutated, so copies never share it.
+    _checked: dict[tuple[str, str], tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
 
     @property
     def uses_gemini(self) -> bool:
@@ -120,11 +136,66 @@ class GeminiResource(dg.ConfigurableResource):
             )
         return self._client
 
+    def image_pricing(self) -> ImagePricing:
+        """The image model's sizes and prices: the registry's, GEMINI_IMAGE_PRICE_USD where it has none."""
+        if not self.uses_gemini:
+            return OfflineRenderer.pricing
+        configured = Decimal(str(self.image_price_usd)) if self.image_price_usd is not None else None
+        return ImagePricing(self.image_model, configured)
+
     def renderer(self) -> Renderer:
         if not self.uses_gemini:
             log.info("No GEMINI_API_KEY: portraits come from the offline renderer (placeholder posters, $0).")
             return OfflineRenderer()
-        return GeminiRenderer(self.client(), self.image_model)
+        return GeminiRenderer(self.client(), self.image_pricing())
+
+    def preflight(
+        self,
+        *,
+        image_size: ImageSize | None = None,
+        vision: bool = False,
+        dry_run: bool = False,
+        today: date | None = None,
+    ) -> list[str]:
+        """Check the models a run will call before its first paid call; the one check of the CLI and both assets.
+
+        `image_size`: the run makes portraits of that size (the image model, and its price unless `dry_run`);
+        `vision`: it describes reference photos (the vision model). A portraits run without likeness never calls the
+        vision model, so a dead one does not stop it. Raises ConfigurationError (one line: variable, model, why,
+        replacement); returns warnings. Offline there is nothing to check.
+        """
+        if not self.uses_gemini:
+            return []
+        today = today or date.today()
+        checks: list[tuple[str, str, ModelKind]] = []
+        if image_size is not None:
+            checks.append(("GEMINI_IMAGE_MODEL", self.image_model, "image"))
+        if vision:
+            checks.append(("GEMINI_VISION_MODEL", self.vision_model, "vision"))
+        # The price first: a run that could not record its cost stops before any request.
+        warnings = self._price_warnings(image_size, dry_run) if image_size is not None else []
+        for variable, model, kind in checks:
+            if (kind, model) not in self._checked:
+                try:
+                    outcome: tuple[str | None, list[str]] = (None, check_model(self.client(), model, kind, today))
+                except ConfigurationError as exc:
+                    outcome = (str(exc), [])
+                self._checked = {**self._checked, (kind, model): outcome}
+            refusal, found = self._checked[kind, model]
+            if refusal is not None:
+                raise ConfigurationError(f"{variable}={model} {refusal}")
+            warnings += [f"{variable}={model} {warning}" for warning in found]
+        return warnings
+
+    def _price_warnings(self, image_size: ImageSize, dry_run: bool) -> list[str]:
+        """A run needs the image price (its audit rows and budget); a dry run shows "unknown" instead."""
+        pricing = self.image_pricing()
+        listed = pricing.offer(image_size).standard_usd
+        if listed is not None and self.image_price_usd is not None:
+            return [f"GEMINI_IMAGE_PRICE_USD ignored: the registry prices {self.image_model} {image_size} at ${listed}"]
+        if listed is None and not dry_run:
+            pricing.usd_per_image(image_size)  # raises: no price, no paid run
+        return []
 
     def describer(self) -> GeminiDescriber | None:
         """The vision model for likeness; None offline, where no model can look at a photo."""
@@ -253,6 +324,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "base_url": "GEMINI_BASE_URL",
         "image_model": "GEMINI_IMAGE_MODEL",
         "vision_model": "GEMINI_VISION_MODEL",
+        "image_price_usd": "GEMINI_IMAGE_PRICE_USD",
         "max_concurrency": "GEMINI_MAX_CONCURRENCY",
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
         "renderer_choice": "PORTRAIT_RENDERER",

@@ -15,9 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from portrait_pipeline.audit import leases, queries
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.costs import ImageSize, price
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, StopRequest
+from portrait_pipeline.model_registry import ImageSize
 from portrait_pipeline.styles import Style
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ async def generate_batch(
     """
     calls = asyncio.Semaphore(limits.max_concurrency)
     storing = asyncio.Semaphore(limits.max_concurrency)
-    breaker = _Breaker(limits, price(service.renderer.model, job.image_size).usd_per_image)
+    breaker = _Breaker(limits, service.renderer.pricing.usd_per_image(job.image_size))
     outcomes: list[PlayerOutcome] = []
     tasks: list[asyncio.Task[None]] = []
 

@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypeVar
 
 import httpx2
@@ -13,11 +14,18 @@ from aiolimiter import AsyncLimiter
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from portrait_pipeline.costs import price
-from portrait_pipeline.errors import GenerationFailed
+from portrait_pipeline.errors import ConfigurationError, GenerationFailed
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
+from portrait_pipeline.model_registry import MODELS, ImagePricing, ModelKind, lifecycle_problems, replacement_text
 from portrait_pipeline.prompts import LIKENESS_PROMPT
 
 log = logging.getLogger(__name__)
@@ -56,31 +64,53 @@ class GeminiClient:
     def __repr__(self) -> str:  # never the key
         return f"GeminiClient(requests_per_minute={self.requests_per_minute})"
 
+    def _retry_policy(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retry.max_attempts),
+            "wait": _WaitForServer(wait_exponential_jitter(self.retry.initial_s, self.retry.max_s)),
+            "retry": retry_if_exception(is_retryable),
+            "reraise": True,
+        }
+
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
         """Run one API call within the rate limit, retrying 429, 5xx and timeouts with backoff."""
         if self._limiter is None:
             # Spread the per-minute quota evenly: bursts are what trigger 429s. Made on first use, inside the
             # event loop that will use it.
             self._limiter = AsyncLimiter(self.requests_per_minute / 60, 1)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.max_attempts),
-            wait=_WaitForServer(wait_exponential_jitter(self.retry.initial_s, self.retry.max_s)),
-            retry=retry_if_exception(is_retryable),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
+            async for attempt in AsyncRetrying(**self._retry_policy()):
                 with attempt:
                     async with self._limiter:
                         return await request()
-        except genai_errors.APIError as exc:
-            raise GenerationFailed(_describe_error(exc, attempt.retry_state.attempt_number)) from None
-        except httpx2.HTTPError as exc:
-            attempts = attempt.retry_state.attempt_number
-            raise GenerationFailed(
-                f"Gemini did not answer ({exc.__class__.__name__}) after {attempts} attempt(s)"
-            ) from None
+        except (genai_errors.APIError, httpx2.HTTPError) as exc:
+            raise _failure(exc, attempt.retry_state.attempt_number) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def call_sync(self, request: Callable[[], T]) -> T:
+        """`call` for the few requests made before a run's event loop (the preflight's `models.get`), with the
+        same retries; outside the rate limiter, which lives in that loop (one request per model per run)."""
+        try:
+            for attempt in Retrying(**self._retry_policy()):
+                with attempt:
+                    return request()
+        except (genai_errors.APIError, httpx2.HTTPError) as exc:
+            raise _failure(exc, attempt.retry_state.attempt_number) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+class GeminiCallFailed(GenerationFailed):
+    """A call that ended in an error answer (`code`, e.g. 404) or no answer at all (`code` None)."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _failure(exc: genai_errors.APIError | httpx2.HTTPError, attempts: int) -> GeminiCallFailed:
+    if isinstance(exc, genai_errors.APIError):
+        return GeminiCallFailed(_describe_error(exc, attempts), exc.code)
+    return GeminiCallFailed(f"Gemini did not answer ({exc.__class__.__name__}) after {attempts} attempt(s)", None)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -123,12 +153,13 @@ def _describe_error(exc: genai_errors.APIError, attempts: int) -> str:
 class GeminiRenderer:
     """Portraits from a Gemini image model, read carefully: no image → a reason, never a crash."""
 
-    def __init__(self, client: GeminiClient, model: str) -> None:
+    def __init__(self, client: GeminiClient, pricing: ImagePricing) -> None:
         self._client = client
-        self.model = model
+        self.model = pricing.model
+        self.pricing = pricing
 
     async def render(self, request: RenderRequest) -> RenderedImage:
-        api_size = price(self.model, request.size).api_size
+        api_size = self.pricing.api_size(request.size)
         config = types.GenerateContentConfig(
             system_instruction=request.system_prompt,
             response_modalities=["IMAGE"],
@@ -187,3 +218,32 @@ def image_from(response: types.GenerateContentResponse) -> RenderedImage:
 def _finish_reason(response: types.GenerateContentResponse) -> str:
     candidate = response.candidates[0] if response.candidates else None
     return candidate.finish_reason.value if candidate and candidate.finish_reason else "unknown"
+
+
+def check_model(client: GeminiClient, model: str, kind: ModelKind, today: date) -> list[str]:
+    """Whether `model` may be called as the run's `kind` model: the registry's lifecycle, then the API's `models.get`.
+
+    Raises ConfigurationError (a predicate: "was shut down on ...; use X instead") when it may not: shut down by
+    the registry's date (no request made), or not served by the API. A retired id answers 404 NOT_FOUND, "This model
+    models/... is no longer available" (the API's answer as quoted in public issue reports, e.g.
+    github.com/The-Pocket/PocketFlow-Tutorial-Codebase-Knowledge/issues/175; read 2026-11-29); models.get is
+    GET /v1beta/models/{id} (ai.google.dev/api/models). Returns warnings: a shutdown within 30 days, a
+    deprecation, a model the registry does not know.
+    """
+    refusal, warnings = lifecycle_problems(model, kind, today)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
+    try:
+        found = client.call_sync(lambda: client.sdk.models.get(model=model))
+    except GeminiCallFailed as exc:
+        if exc.code == 404:
+            raise ConfigurationError(f"is not served by the API ({exc}); {replacement_text(model)}") from None
+        raise ConfigurationError(f"could not be checked: {exc}") from None
+    # The Model resource lists the methods it serves, supportedGenerationMethods (ai.google.dev/api/models).
+    if found.supported_actions and "generateContent" not in found.supported_actions:
+        raise ConfigurationError(f"does not serve generateContent ({', '.join(found.supported_actions)})")
+    if model not in MODELS:
+        warnings.append(
+            "is not in portrait_pipeline/model_registry.py: the API has it, but no lifecycle dates are known"
+        )
+    return warnings

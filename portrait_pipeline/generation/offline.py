@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
-from portrait_pipeline.costs import OFFLINE_MODEL, TARGET_DIMENSIONS
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
+from portrait_pipeline.model_registry import OFFLINE_MODEL, TARGET_DIMENSIONS, ImagePricing
 from portrait_pipeline.styles import (
     BLUE,
     CYAN,
@@ -220,6 +220,7 @@ class OfflineRenderer:
     """The embedded default: Pillow placeholder posters, free, recorded as `offline-renderer`."""
 
     model = OFFLINE_MODEL
+    pricing = ImagePricing(OFFLINE_MODEL)  # $0: the registry's offline entry
 
     async def render(self, request: RenderRequest) -> RenderedImage:
         width, height = TARGET_DIMENSIONS[request.size]

@@ -19,7 +19,6 @@ from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player
 from portrait_pipeline.audit.serving import Portrait
-from portrait_pipeline.costs import ImageSize, estimate_cost, token_cost
 from portrait_pipeline.generation.engine import (
     DEFAULT_LIMITS,
     BatchJob,
@@ -31,6 +30,7 @@ from portrait_pipeline.generation.engine import (
 )
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, StopRequest
+from portrait_pipeline.model_registry import ImagePricing, ImageSize
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
@@ -74,13 +74,23 @@ class PlayerRef:
 @dataclass(frozen=True)
 class PartitionPlan:
     request: PartitionRequest
-    model: str
+    pricing: ImagePricing
     to_generate: list[PlayerRef]
     skipped: list[PlayerRef]
 
     @property
-    def estimated_cost_usd(self) -> Decimal:
-        return estimate_cost(self.model, self.request.image_size, len(self.to_generate))
+    def model(self) -> str:
+        return self.pricing.model
+
+    @property
+    def estimated_cost_usd(self) -> Decimal | None:
+        """The standard lane's price for the players to generate; None when the price is unknown."""
+        return self.pricing.estimate(self.request.image_size, len(self.to_generate))
+
+    @property
+    def estimated_batch_cost_usd(self) -> Decimal | None:
+        """The same images through the Batch API (half price where the registry has a batch price)."""
+        return self.pricing.estimate(self.request.image_size, len(self.to_generate), lane="batch")
 
 
 @dataclass
@@ -143,9 +153,10 @@ class PartitionResult:
         return sum((outcome.cost_usd for outcome in self.outcomes), Decimal("0"))
 
     @property
-    def token_cost_usd(self) -> Decimal:
+    def token_cost_usd(self) -> Decimal | None:
+        """What the answers' token counts say was spent (None for a model without a token price)."""
         tokens = sum(outcome.output_tokens or 0 for outcome in self.outcomes)
-        return token_cost(self.plan.model, tokens)
+        return self.plan.pricing.token_cost(tokens)
 
 
 def has_image(db: Session, storage: ImageStorage, players: list[Player], style: str) -> set[int]:
@@ -161,7 +172,9 @@ def has_image(db: Session, storage: ImageStorage, players: list[Player], style: 
     return current
 
 
-def plan_partition(db: Session, storage: ImageStorage, request: PartitionRequest, model: str) -> PartitionPlan:
+def plan_partition(
+    db: Session, storage: ImageStorage, request: PartitionRequest, pricing: ImagePricing
+) -> PartitionPlan:
     """Who this run would generate and who `missing_only` skips; writes nothing."""
     players = queries.players_in_draft_year(db, request.draft_year_key, request.player_ids)
     done = has_image(db, storage, players, request.style) if request.missing_only else set()
@@ -169,7 +182,7 @@ def plan_partition(db: Session, storage: ImageStorage, request: PartitionRequest
     skipped = [_ref(player) for player in players if player.id in done]
     if request.limit is not None:
         to_generate = to_generate[: request.limit]
-    return PartitionPlan(request=request, model=model, to_generate=to_generate, skipped=skipped)
+    return PartitionPlan(request=request, pricing=pricing, to_generate=to_generate, skipped=skipped)
 
 
 def run_partition(
@@ -185,7 +198,8 @@ def run_partition(
     """Close what dead runs left open, plan, open the snapshot, generate every planned player, close the snapshot,
     and compose the partition's contact sheet: everything a caller shows about the run is in the result."""
     started = time.monotonic()
-    model = service.renderer.model
+    pricing = service.renderer.pricing
+    per_image = pricing.usd_per_image(request.image_size)  # an unknown price stops the run before any write
     run_key = request.run_key or f"{request.draft_year_key}_{request.style}"
     with session_scope(engine) as db:
         interrupted = (
@@ -193,8 +207,8 @@ def run_partition(
         )
         freed = leases.release_claims_of_ended_runs(db, run_has_ended) if run_has_ended else 0
         sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
-        plan = plan_partition(db, service.storage, request, model)
-        snapshot = audit.start_snapshot(db, _snapshot_spec(plan, run_key))
+        plan = plan_partition(db, service.storage, request, pricing)
+        snapshot = audit.start_snapshot(db, _snapshot_spec(plan, run_key, per_image * len(plan.to_generate)))
         snapshot_id, version = snapshot.id, snapshot.version
         notes = [
             f"snapshot {old.run_key} v{old.version} was left running by run {old.dagster_run_id}, which has ended: "
@@ -236,7 +250,7 @@ def run_partition(
     return result
 
 
-def _snapshot_spec(plan: PartitionPlan, run_key: str) -> audit.SnapshotSpec:
+def _snapshot_spec(plan: PartitionPlan, run_key: str, estimated_cost_usd: Decimal) -> audit.SnapshotSpec:
     request = plan.request
     return audit.SnapshotSpec(
         run_key=run_key,
@@ -248,7 +262,7 @@ def _snapshot_spec(plan: PartitionPlan, run_key: str) -> audit.SnapshotSpec:
         system_prompt_version=SYSTEM_PROMPT_VERSION,
         image_size=request.image_size,
         model=plan.model,
-        estimated_cost_usd=plan.estimated_cost_usd,
+        estimated_cost_usd=estimated_cost_usd,
         notes=request.notes,
         dagster_run_id=request.dagster_run_id,
         partition_key=request.partition_key,

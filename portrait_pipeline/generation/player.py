@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 from portrait_pipeline import images, naming
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.costs import TARGET_DIMENSIONS, ImageSize, price
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
 from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
 from portrait_pipeline.interrupts import CALL_CANCELLED, NOT_STORED, Interrupted, Interruption, unless_aborted
 from portrait_pipeline.likeness import Likeness
+from portrait_pipeline.model_registry import TARGET_DIMENSIONS, ImageSize
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 from portrait_pipeline.styles import Style
@@ -72,7 +72,7 @@ class ImageGenerationService:
             )
         except PortraitPipelineError as exc:
             if isinstance(exc, Interrupted) and attempt.rendered is None:
-                attempt.cost = price(self.renderer.model, image_size).usd_per_image  # it may be billed: err high
+                attempt.cost = self.renderer.pricing.usd_per_image(image_size)  # it may be billed: err high
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
         width, height = TARGET_DIMENSIONS[image_size]
         record = self._record(attempt, width=width, height=height)
@@ -115,7 +115,7 @@ class ImageGenerationService:
             "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
         }
         attempt.rendered = rendered  # paid for from here on, whatever happens next
-        attempt.cost = price(self.renderer.model, image_size).usd_per_image
+        attempt.cost = self.renderer.pricing.usd_per_image(image_size)
         if on_answer is not None:
             await on_answer()
         # Decoding, resizing and encoding take CPU: off the event loop, so the other calls keep flowing.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from portrait_pipeline.costs import ImageSize
+from portrait_pipeline.model_registry import ImagePricing, ImageSize
 from portrait_pipeline.styles import Style
 
 
@@ -32,5 +32,10 @@ class Renderer(Protocol):
 
     @property
     def model(self) -> str: ...
+
+    @property
+    def pricing(self) -> ImagePricing:
+        """What the renderer's images cost, per size: the audit rows and the budget use it."""
+        ...
 
     async def render(self, request: RenderRequest) -> RenderedImage: ...
