@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -22,18 +21,21 @@ from sqlalchemy import func, select, text
 from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.interrupts import CALL_CANCELLED
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
+from tests.helpers import current_catalogue, generate_requests
 from tests.servers import gemini as fake
 
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 API_KEY = "interrupt-test-key"
-IMAGE_MODEL = "gemini-3-pro-image-preview"
+IMAGE_MODEL = DEFAULT_IMAGE_MODEL
 DRAFT_YEAR = "2031"
-PRICE_512 = Decimal("0.134")  # gemini-3-pro-image-preview, 512 is billed as 1K
+PRICE_512 = pricing(IMAGE_MODEL).usd_per_image("512")  # gemini-3-pro-image has no 512: made and billed at 1K
 
 
 @pytest.fixture
 def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY, image_size=(320, 400), latency_s=0.3) as running:
+    catalogue = current_catalogue()
+    with fake.GeminiTestServer(api_key=API_KEY, image_size=(320, 400), latency_s=0.3, models=catalogue) as running:
         yield running
 
 
@@ -104,7 +106,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], time
 
 
 def image_calls(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
-    return [request for request in server.requests if request.model == IMAGE_MODEL]
+    return generate_requests(server, IMAGE_MODEL)
 
 
 def answered(server: fake.GeminiTestServer) -> int:
