@@ -33,9 +33,11 @@ def most_in_one_second(starts: list[float]) -> int:
 
 
 def test_the_pacer_never_lets_more_than_the_rate_out_in_any_second() -> None:
-    """30 calls at 10 a second, all ready at once: the server sees at most 10 (+1 for transit) in any second.
+    """30 calls at 10 a second, all ready at once: the server sees about 10 in any second, never 20.
 
-    aiolimiter's AsyncLimiter(10, 1), which this replaced, lets 10 go at once and 10 more within that second.
+    aiolimiter's AsyncLimiter(10, 1), which this replaced, lets 10 go at once and 10 more within that second
+    (20 seen). The reserved start times are exactly 0.1 s apart (next test); what the server sees also carries
+    each request's transit through a busy machine, hence the margin of 3.
     """
     with fake.GeminiTestServer(latency_s=0.0) as server:
         client = GeminiClient("pacing-key", base_url=server.base_url, requests_per_minute=600, max_concurrency=30)
@@ -49,7 +51,7 @@ def test_the_pacer_never_lets_more_than_the_rate_out_in_any_second() -> None:
         asyncio.run(main())
         starts = [request.started for request in server.requests]
     assert len(starts) == 30
-    assert most_in_one_second(starts) <= 11
+    assert most_in_one_second(starts) <= 13
     assert max(starts) - min(starts) >= 2.7  # 30 starts 0.1 s apart: the rate is kept, not undershot by much
 
 
