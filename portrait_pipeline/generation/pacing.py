@@ -93,10 +93,12 @@ class Pacer:
             now = time.time()
             self.throttled_count += 1
             self._paused_until = max(self._paused_until, now + (retry_after_s or DEFAULT_PAUSE_S))
-            if ticket.at >= self._decreased_at:  # started after the last decrease: the new rate is still too high
+            # Only a call reserved after the last decrease says the new rate is still too high; calls reserved
+            # before it (start times up to the then next free one) were paced at the old rate.
+            if ticket.at >= self._decreased_at:
                 self._recover(now)
                 self.rate = max(self.ceiling * MIN_RATE_SHARE, self.rate * DECREASE_FACTOR)
-                self._decreased_at = now
+                self._decreased_at = max(now, self._next)
                 self._changed_at = now
 
     def _recover(self, now: float) -> None:
