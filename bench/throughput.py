@@ -21,6 +21,7 @@ import json
 import os
 import pstats
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-check", action="store_true", help="peak RSS at 200 and 2000 players, compared")
     parser.add_argument("--profile", action="store_true", help="cProfile the concurrent run's main thread")
+    parser.add_argument(
+        "--scenarios", help="comma-separated issue-15 scenarios to run (1-5, or 'all'): see `scenarios` below"
+    )
     # The worker side: one run in this process, its figures as one JSON line on stdout.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -200,7 +204,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("tottime").print_stats(18)
-        stats.sort_stats("cumulative").print_stats(r"portrait_pipeline|asyncio/base_events|aiolimiter", 25)
+        stats.sort_stats("cumulative").print_stats(r"portrait_pipeline|asyncio/base_events|pacing", 25)
         print(out.getvalue(), file=sys.stderr)
     return figures
 
@@ -304,6 +308,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_worker(args)))
         return
+    if args.scenarios:
+        run_scenarios(args.scenarios)
+        return
     latency, rps, concurrency = args.latency, args.rps, args.max_concurrency
     print(f"GeminiTestServer: latency {latency} s, {rps} req/s (429 + RetryInfo above), model {IMAGE_MODEL}")
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -371,6 +378,230 @@ def memory_check(server: GeminiTestServer, latency: float, rps: float, concurren
         engine_ratio <= 1.2,
         f"{large.engine_rss_mb:.1f} / {small.engine_rss_mb:.1f} MiB = {engine_ratio:.2f}x",
     )
+
+
+# --- issue 15's scenarios: whole selections through the CLI, and 429 storms --------------------------------
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One scenario's line: what the server saw and what the run kept."""
+
+    name: str
+    wall_s: float
+    bound_s: float
+    peak_in_flight: int
+    count_429: int
+    calls: int
+    players: int
+    lost: int
+    peak_rss_mb: float
+    partitions: int
+
+    def line(self) -> str:
+        ratio = self.wall_s / self.bound_s if self.bound_s else 0.0
+        return (
+            f"{self.name:<44}{self.wall_s:8.2f}{self.bound_s:8.2f}{ratio:7.2f}x{self.peak_in_flight:6d}"
+            f"{self.count_429:6d}{self.calls:7d}{self.lost:6d}{self.peak_rss_mb:9.1f}"
+            f"{self.wall_s / self.partitions if self.partitions else 0:9.3f}"
+        )
+
+
+HEADER = (
+    f"{'scenario':<44}{'wall s':>8}{'bound':>8}{'ratio':>8}{'peak':>6}{'429s':>6}{'calls':>7}{'lost':>6}"
+    f"{'RSS MiB':>9}{'s/part':>9}"
+)
+
+
+def seed_cohort(url: str, years: int, per_year: int) -> None:
+    """`per_year` fictional players in each of `years` draft years from 2001 on."""
+    from sqlalchemy import insert
+
+    from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
+    from portrait_pipeline.audit.models import Player
+
+    upgrade(url)
+    rows = [
+        {
+            "slug": f"bench-{2001 + year}-{index}",
+            "display_name": f"{FIRST_NAMES[index % len(FIRST_NAMES)]} Bench {2001 + year} {index}",
+            "first_name": FIRST_NAMES[index % len(FIRST_NAMES)],
+            "last_name": f"Bench {index}",
+            "position": POSITIONS[index % len(POSITIONS)],
+            "draft_year": 2001 + year,
+            "nba_active": True,
+        }
+        for year in range(years)
+        for index in range(per_year)
+    ]
+    with session_scope(engine_for(url)) as session:
+        session.execute(insert(Player), rows)
+    engine_for(url).dispose()
+
+
+def lost_players(url: str) -> int:
+    """Players whose latest attempt failed (their audit row says so)."""
+    from sqlalchemy import func, select
+
+    from portrait_pipeline.audit.db import engine_for, session_scope
+    from portrait_pipeline.audit.models import PlayerImageAsset
+
+    with session_scope(engine_for(url)) as session:
+        failed = session.scalar(select(func.count()).where(PlayerImageAsset.status == "failed")) or 0
+    engine_for(url).dispose()
+    return failed
+
+
+def cli_generate(
+    folder: Path, url: str, env: dict[str, str], styles: list[str], extra: list[str] | None = None
+) -> tuple[float, float, str]:
+    """`portrait-pipeline generate --all` in a subprocess: wall seconds, the child's peak RSS (MiB), its output."""
+    command = [str(Path(sys.executable).with_name("portrait-pipeline")), "generate", "--all", "--size", "512"]
+    for style in styles:
+        command += ["--style", style]
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "S3_", "DAGSTER_"))},
+        "PYTHONPATH": str(REPO_ROOT),
+        "DATABASE_URL": url,
+        "DAGSTER_HOME": str(folder / "dagster_home"),
+        "IMAGE_LOCAL_DIR": str(folder / "images"),
+        "CURRENT_DRAFT_YEAR": "2030",
+        **env,
+    }
+    (folder / "dagster_home").mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.dev.yaml", folder / "dagster_home" / "dagster.yaml")  # the CLI's instance
+    started = time.perf_counter()
+    with subprocess.Popen(
+        [*command, *(extra or [])], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as child:
+        output = child.stdout.read() if child.stdout else ""
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - started, usage.ru_maxrss / 1024, output
+
+
+def cli_scenario(
+    name: str,
+    *,
+    years: int,
+    per_year: int,
+    styles: list[str],
+    latency: float,
+    server_rps: float | None,
+    client_rpm: int,
+    concurrency: int,
+    renderer: str = "gemini",
+) -> Figures:
+    """One CLI selection of `years` x `styles` partitions against a fresh server, database and instance."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-scenario-") as tmp,
+        GeminiTestServer(latency_s=latency, requests_per_second=server_rps, image_size=(320, 400)) as server,
+    ):
+        folder = Path(tmp)
+        url = f"sqlite:///{folder / 'bench.db'}"
+        seed_cohort(url, years, per_year)
+        env = {
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_BASE_URL": server.base_url,
+            "GEMINI_MAX_CONCURRENCY": str(concurrency),
+            "GEMINI_REQUESTS_PER_MINUTE": str(client_rpm),
+            "PORTRAIT_RENDERER": renderer,
+        }
+        if renderer == "offline":
+            env.pop("GEMINI_API_KEY")
+        wall, rss, output = cli_generate(folder, url, env, styles)
+        players = years * per_year * len(styles)
+        calls = sum(1 for request in server.requests if request.kind == "generate_content")
+        rate = min(server_rps or float("inf"), client_rpm / 60)
+        bound = 0.0 if renderer == "offline" else max(players / rate, players * latency / concurrency)
+        if "wall time" not in output:
+            print(output[-3000:])
+        return Figures(
+            name,
+            wall,
+            bound,
+            server.peak_in_flight,
+            server.count_429,
+            calls,
+            players,
+            lost_players(url),
+            rss,
+            years * len(styles),
+        )
+
+
+def run_scenarios(which: str) -> None:
+    chosen = {"1", "2", "3", "4", "5"} if which == "all" else set(which.split(","))
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"host: {os.cpu_count()} CPUs, load average {load} at start (other processes share these CPUs)")
+    print(HEADER)
+    if "1" in chosen:
+        with GeminiTestServer(latency_s=0.5, requests_per_second=20) as server:
+            run = measure(server, 200, 16, 19)  # the client 5% under the server's 20/s
+        print(
+            Figures(
+                "1 one partition N=200 0.5s 20/s c16",
+                run.wall_s,
+                bound_s(200, 0.5, 19, 16),
+                run.peak_in_flight,
+                run.count_429,
+                run.generated + (run.failed or 0) + run.count_429,
+                200,
+                run.failed or 0,
+                run.peak_rss_mb,
+                1,
+            ).line(),
+            flush=True,
+        )
+    if "2" in chosen:
+        figures = cli_scenario(
+            "2 CLI 20 years x 10, 2s, 20/s, c16, 1140/min",
+            years=20,
+            per_year=10,
+            styles=["default"],
+            latency=2.0,
+            server_rps=20,
+            client_rpm=1140,
+            concurrency=16,
+        )
+        print(figures.line(), flush=True)
+    if "3" in chosen:
+        figures = cli_scenario(
+            "3 client 5x server: 2/s vs 600/min, 60, c8",
+            years=1,
+            per_year=60,
+            styles=["default"],
+            latency=0.5,
+            server_rps=2,
+            client_rpm=600,
+            concurrency=8,
+        )
+        print(figures.line(), flush=True)
+    if "4" in chosen:
+        figures = cli_scenario(
+            "4 two partitions at once, server = client",
+            years=2,
+            per_year=60,
+            styles=["default"],
+            latency=0.5,
+            server_rps=10,
+            client_rpm=600,
+            concurrency=16,
+        )
+        print(figures.line(), flush=True)
+    if "5" in chosen:
+        figures = cli_scenario(
+            "5 --all offline, 20 years x 4 styles x 3",
+            years=20,
+            per_year=3,
+            styles=["default", "vector", "comic", "retro"],
+            latency=0.0,
+            server_rps=None,
+            client_rpm=60,
+            concurrency=8,
+            renderer="offline",
+        )
+        print(figures.line(), flush=True)
 
 
 if __name__ == "__main__":

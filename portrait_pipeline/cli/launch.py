@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -221,54 +222,58 @@ def run_generation(
 ) -> GenerationSummary:
     """One Dagster run per partition with work to do, on the persistent instance (visible in the UI).
 
-    Each run executes in a worker thread, so the signal handlers of this (main) thread stay in place: Dagster
-    only installs its own on the main thread. A signal stops the run in progress and launches no other.
+    The runs go at once, from worker threads of this process: definitions are loaded once, and the runs' calls
+    share the process's pacing (one rate, `max_concurrency` calls in flight across every partition), so a partition
+    waiting for its slowest call leaves its slots to the others instead of idling the API. The main thread keeps
+    the signal handlers (Dagster installs its own only on the main thread): a signal stops the runs in progress
+    and launches no other.
     """
     from portrait_pipeline.defs.definitions import defs
 
     stop = stop or StopRequest()
     started = time.monotonic()
-    summaries: list[PartitionSummary] = []
-    likeness_done: set[str] = set()
     tags = {**CLI_TAGS, **worker_tags()}
     with progress_display(interactive) as progress:
-        for launch in plan.partitions:
-            partition, request = launch.plan, launch.plan.request
-            planned = len(partition.to_generate)
-            if not partition.to_generate:
-                summaries.append(PartitionSummary(request.partition_key, skipped=len(partition.skipped)))
-                continue
-            if stop.requested:
-                summaries.append(PartitionSummary(request.partition_key, status="not launched", planned=planned))
-                continue
-            instance.add_dynamic_partitions("draft_years", [request.draft_year_key])
-            if request.fetch_likeness and request.draft_year_key not in likeness_done:
+        todo = [launch for launch in plan.partitions if launch.plan.to_generate]
+        instance.add_dynamic_partitions("draft_years", sorted({launch.plan.request.draft_year_key for launch in todo}))
+        for launch in _first_of_each_draft_year(todo):
+            if launch.plan.request.fetch_likeness and not stop.requested:
                 # Describe references first, so the portraits' lineage shows where the likeness came from.
-                likeness_done.add(request.draft_year_key)
                 in_worker_thread(
                     partial(
                         defs.resolve_job_def("likeness_job").execute_in_process,
                         run_config=likeness_run_config(launch.config),
                         instance=instance,
-                        partition_key=request.draft_year_key,
+                        partition_key=launch.plan.request.draft_year_key,
                         tags=tags,
                         raise_on_error=False,
                     )
                 )
+
+        def run_one(launch: PartitionLaunch) -> PartitionSummary:
+            """One partition's run, in a pool thread (never the main one, which keeps the signal handlers)."""
+            partition, request = launch.plan, launch.plan.request
+            planned = len(partition.to_generate)
+            if not partition.to_generate:
+                return PartitionSummary(request.partition_key, skipped=len(partition.skipped))
+            if stop.requested:
+                return PartitionSummary(request.partition_key, status="not launched", planned=planned)
             run_id = str(uuid.uuid4())  # known before the run starts, so progress can follow it
             with watch_run(resources, run_id, request.partition_key, planned, progress):
-                in_worker_thread(
-                    partial(
-                        defs.resolve_job_def("portraits_job").execute_in_process,
-                        run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
-                        instance=instance,
-                        partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
-                        run_id=run_id,
-                        tags=tags,
-                        raise_on_error=False,
-                    )
+                defs.resolve_job_def("portraits_job").execute_in_process(
+                    run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
+                    instance=instance,
+                    partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
+                    run_id=run_id,
+                    tags=tags,
+                    raise_on_error=False,
                 )
-            summaries.append(summarize_run(resources, instance, request.partition_key, run_id, planned))
+            return summarize_run(resources, instance, request.partition_key, run_id, planned)
+
+        workers = max(1, min(len(plan.partitions), resources.gemini.max_concurrency))
+        _configure_logging_once(instance)
+        with ThreadPoolExecutor(workers, thread_name_prefix="partition") as pool:
+            summaries = list(pool.map(run_one, plan.partitions))
     storage = resources.storage.get_storage().location
     return GenerationSummary(
         partitions=summaries,
@@ -297,6 +302,19 @@ def in_worker_thread(work: Callable[[], T]) -> T:
     if "error" in outcome:
         raise outcome["error"]
     return cast(T, outcome["result"])
+
+
+def _configure_logging_once(instance: dg.DagsterInstance) -> None:
+    """Dagster runs `logging.config.dictConfig` for every run it starts (the instance's python_logs handlers), which
+    closes every logging handler of the process while holding logging's lock: runs started from threads deadlock
+    on it. Build those handlers once, here, and hand the same ones to every run of this process."""
+    handlers = instance.get_yaml_python_handlers()
+    object.__setattr__(instance, "get_yaml_python_handlers", lambda: handlers)
+
+
+def _first_of_each_draft_year(launches: list[PartitionLaunch]) -> list[PartitionLaunch]:
+    """One launch per draft year (its likeness descriptions serve every style)."""
+    return list({launch.plan.request.draft_year_key: launch for launch in reversed(launches)}.values())[::-1]
 
 
 CLI_TAGS = {"portrait/launched_by": "cli"}

@@ -101,8 +101,13 @@ class GeminiResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=5, ge=1, description="Attempts per call for 429, 5xx and timeouts")
     retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles, with jitter")
     retry_max_s: float = Field(default=60.0, ge=0, description="Longest backoff delay")
-    max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per run")
-    requests_per_minute: int = Field(default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE per run")
+    max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per process")
+    requests_per_minute: int = Field(
+        default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE, shared by every run of the process"
+    )
+    quota_wait_s: float = Field(
+        default=900.0, ge=0, description="How long a call waits out 429s before they use up its attempts"
+    )
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
 
     _client: GeminiClient | None = PrivateAttr(default=None)
@@ -132,7 +137,8 @@ class GeminiResource(dg.ConfigurableResource):
                 base_url=self.base_url,
                 timeout_s=self.timeout_s,
                 requests_per_minute=self.requests_per_minute,
-                retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s),
+                max_concurrency=self.max_concurrency,
+                retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s, self.quota_wait_s),
             )
         return self._client
 

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, TypeVar
 
 import httpx2
-from aiolimiter import AsyncLimiter
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from portrait_pipeline.errors import ConfigurationError, GenerationFailed
+from portrait_pipeline.generation.pacing import SlotStore, shared_pacing
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
 from portrait_pipeline.model_registry import MODELS, ImagePricing, ModelKind, lifecycle_problems, replacement_text
 from portrait_pipeline.prompts import LIKENESS_PROMPT
@@ -35,15 +30,20 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard one call is retried: 429, 5xx and timeouts, with backoff that honours the server's RetryInfo."""
+    """How hard one call is retried: 429, 5xx and timeouts, with backoff that honours the server's RetryInfo.
+
+    A 429 is the server pacing us, not the request failing: for `quota_wait_s` after a call's first attempt its
+    429s are waited out (the shared pacer slows down and honours RetryInfo) without using up `max_attempts`.
+    """
 
     max_attempts: int = 5
     initial_s: float = 1.0
     max_s: float = 60.0
+    quota_wait_s: float = 900.0
 
 
 class GeminiClient:
-    """One google-genai client and one rate limiter: every call of a run goes through `call`."""
+    """One google-genai client; its calls share the process's pacing for the same key and endpoint (`call`)."""
 
     def __init__(
         self,
@@ -52,37 +52,49 @@ class GeminiClient:
         base_url: str | None = None,
         timeout_s: float = 120.0,
         requests_per_minute: int = 60,
+        max_concurrency: int = 8,
         retry: RetryPolicy = RetryPolicy(),
+        store: SlotStore | None = None,
     ) -> None:
         # The SDK's own retries ignore RetryInfo, so `call` retries instead (retry_options stays None).
         options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
         self.sdk = genai.Client(api_key=api_key, http_options=options)
         self.requests_per_minute = requests_per_minute
         self.retry = retry
-        self._limiter: AsyncLimiter | None = None
+        # Every run of this process calling the same quota shares one rate and one pool of calls in flight.
+        self.pacing = shared_pacing(api_key, base_url, requests_per_minute, max_concurrency, store)
 
     def __repr__(self) -> str:  # never the key
         return f"GeminiClient(requests_per_minute={self.requests_per_minute})"
 
-    def _retry_policy(self) -> dict[str, Any]:
+    def _sync_retry_policy(self) -> dict[str, Any]:
+        # Outside a run's loop there is no pacer to wait out 429s: each one counts and waits its RetryInfo.
+        attempts = _Attempts(replace(self.retry, quota_wait_s=0))
         return {
-            "stop": stop_after_attempt(self.retry.max_attempts),
-            "wait": _WaitForServer(wait_exponential_jitter(self.retry.initial_s, self.retry.max_s)),
+            "stop": attempts.stop,
+            "wait": attempts.wait,
             "retry": retry_if_exception(is_retryable),
             "reraise": True,
         }
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
-        """Run one API call within the rate limit, retrying 429, 5xx and timeouts with backoff."""
-        if self._limiter is None:
-            # Spread the per-minute quota evenly: bursts are what trigger 429s. Made on first use, inside the
-            # event loop that will use it.
-            self._limiter = AsyncLimiter(self.requests_per_minute / 60, 1)
+        """Run one API call in a shared slot at a paced start time, retrying 429, 5xx and timeouts."""
+        attempts = _Attempts(self.retry)
+        retrying = AsyncRetrying(
+            stop=attempts.stop, wait=attempts.wait, retry=retry_if_exception(is_retryable), reraise=True
+        )
+        pacer, slots = self.pacing.pacer, self.pacing.slots
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy()):
+            async for attempt in retrying:
                 with attempt:
-                    async with self._limiter:
-                        return await request()
+                    async with slots:
+                        ticket = await pacer.wait()
+                        try:
+                            return await request()
+                        except genai_errors.APIError as exc:
+                            if exc.code == 429:
+                                pacer.throttled(ticket, retry_delay_s(exc))
+                            raise
         except (genai_errors.APIError, httpx2.HTTPError) as exc:
             raise _failure(exc, attempt.retry_state.attempt_number) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
@@ -91,7 +103,7 @@ class GeminiClient:
         """`call` for the few requests made before a run's event loop (the preflight's `models.get`), with the
         same retries; outside the rate limiter, which lives in that loop (one request per model per run)."""
         try:
-            for attempt in Retrying(**self._retry_policy()):
+            for attempt in Retrying(**self._sync_retry_policy()):
                 with attempt:
                     return request()
         except (genai_errors.APIError, httpx2.HTTPError) as exc:
@@ -132,17 +144,37 @@ def retry_delay_s(exc: BaseException) -> float | None:
     return None
 
 
-class _WaitForServer:
-    """Exponential backoff with jitter, but never shorter than the delay the server asked for."""
+class _Attempts:
+    """One call's retry accounting for tenacity: which failures use up attempts, and how long to back off.
 
-    def __init__(self, backoff: Callable[[RetryCallState], float]) -> None:
-        self._backoff = backoff
+    While the quota wait lasts a 429 uses no attempt and needs no backoff here: the shared pacer has slowed
+    down and holds every start until the RetryInfo delay. Other failures back off exponentially, with jitter,
+    never shorter than the delay the server asked for.
+    """
 
-    def __call__(self, state: RetryCallState) -> float:
-        backoff = self._backoff(state)
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.deadline = time.monotonic() + policy.quota_wait_s
+        self.used = 0
+        self._backoff = wait_exponential_jitter(policy.initial_s, policy.max_s)
+
+    def wait(self, state: RetryCallState) -> float:  # tenacity calls wait, then stop
         exc = state.outcome.exception() if state.outcome else None
+        if _is_throttle(exc) and time.monotonic() < self.deadline:
+            return 0.0
+        self.used += 1
+        counted = copy.copy(state)
+        counted.attempt_number = self.used  # backoff grows with the failures that count
+        backoff = self._backoff(counted)
         hinted = retry_delay_s(exc) if exc else None
         return max(backoff, hinted) if hinted is not None else backoff
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.used >= self.policy.max_attempts
+
+
+def _is_throttle(exc: BaseException | None) -> bool:
+    return isinstance(exc, genai_errors.APIError) and exc.code == 429
 
 
 def _describe_error(exc: genai_errors.APIError, attempts: int) -> str:

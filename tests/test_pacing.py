@@ -1,0 +1,174 @@
+"""Pacing against the local Gemini server: no burst above the rate, 429s waited out, one pool across partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import select
+
+from portrait_pipeline.audit import db
+from portrait_pipeline.audit.models import Player, PlayerImageSnapshot
+from portrait_pipeline.cli import launch
+from portrait_pipeline.cohorts import Selection
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, Resources
+from portrait_pipeline.generation.gemini import GeminiClient
+from portrait_pipeline.generation.pacing import CallSlots, Pacer
+from tests.helpers import materialize_portraits, resources_for
+from tests.servers import gemini as fake
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVER_IMAGE = (320, 400)
+
+
+def most_in_one_second(starts: list[float]) -> int:
+    """The most starts within any window [t, t + 1 s) (windows begin at a start: that is where maxima are)."""
+    starts = sorted(starts)
+    return max(sum(1 for s in starts[i:] if s < start + 1.0) for i, start in enumerate(starts))
+
+
+def test_the_pacer_never_lets_more_than_the_rate_out_in_any_second() -> None:
+    """30 calls at 10 a second, all ready at once: the server sees about 10 in any second, never 20.
+
+    aiolimiter's AsyncLimiter(10, 1), which this replaced, lets 10 go at once and 10 more within that second
+    (20 seen). The reserved start times are exactly 0.1 s apart (next test); what the server sees also carries
+    each request's transit through a busy machine, hence the margin of 3.
+    """
+    with fake.GeminiTestServer(latency_s=0.0) as server:
+        client = GeminiClient("pacing-key", base_url=server.base_url, requests_per_minute=600, max_concurrency=30)
+
+        async def main() -> None:
+            sdk = client.sdk
+            await asyncio.gather(
+                *(client.call(lambda: sdk.aio.models.generate_content(model="m", contents="x")) for _ in range(30))
+            )
+
+        asyncio.run(main())
+        starts = [request.started for request in server.requests]
+    assert len(starts) == 30
+    assert most_in_one_second(starts) <= 13
+    assert max(starts) - min(starts) >= 2.7  # 30 starts 0.1 s apart: the rate is kept, not undershot by much
+
+
+def test_one_pacer_spaces_the_starts_of_several_event_loops() -> None:
+    """Partition runs run in threads, each with its own event loop: they share one pacer and one set of slots."""
+    pacer, slots = Pacer(20.0), CallSlots(3)
+    starts: list[float] = []
+    peak = 0
+
+    async def calls() -> None:
+        async def one() -> None:
+            nonlocal peak
+            async with slots:
+                peak = max(peak, slots.in_use)
+                starts.append((await pacer.wait()).at)
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(one() for _ in range(10)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(calls(),)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(starts) == 40 and peak == 3
+    gaps = [later - earlier for earlier, later in zip(sorted(starts), sorted(starts)[1:], strict=False)]
+    assert min(gaps) >= 0.05 - 1e-6  # one start per 1 / 20 s across the four loops
+
+
+def test_a_429_storm_loses_no_player(tmp_path: Path) -> None:
+    """The client set at 5x the server's real rate, with only 2 attempts per call: every player still gets an
+    image, because 429s are waited out (slower rate, RetryInfo honoured) instead of using up attempts."""
+    url = f"sqlite:///{tmp_path / 'storm.db'}"
+    db.upgrade(url)
+    add_players(url, "2032", 16)
+    with fake.GeminiTestServer(latency_s=0.1, requests_per_second=4, image_size=SERVER_IMAGE) as server:
+        gemini = GeminiResource(
+            api_key="storm-key",
+            base_url=server.base_url,
+            max_concurrency=8,
+            requests_per_minute=1200,
+            max_attempts=2,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+        )
+        storage = ImageStorageResource(local=True, local_dir=str(tmp_path / "images"))
+        result = materialize_portraits(
+            resources_for(DatabaseResource(url=url), storage, gemini), ("2032", "default"), {"image_size": "512"}
+        )
+        throttled = server.count_429
+    metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
+    assert throttled > 0, "the server should have refused calls: the storm did not happen"
+    assert (metadata["generated"].value, metadata["failed"].value) == (16, 0), metadata["failures"].value
+    db.engine_for(url).dispose()
+
+
+def add_players(url: str, draft_year: str, count: int, first: int = 0) -> None:
+    with db.session_scope(db.engine_for(url)) as session:
+        for index in range(first, first + count):
+            session.add(
+                Player(
+                    slug=f"pacer-{draft_year}-{index:03d}",
+                    display_name=f"Pacer Tester {draft_year} {index:03d}",
+                    first_name="Pacer",
+                    last_name=f"Tester {index:03d}",
+                    position="SG",
+                    draft_year=int(draft_year),
+                )
+            )
+
+
+@pytest.fixture
+def cli_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Resources, fake.GeminiTestServer]]:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    db.upgrade(url)
+    for year in ("2033", "2034", "2035"):
+        add_players(url, year, 4)
+    with fake.GeminiTestServer(latency_s=0.6, image_size=SERVER_IMAGE) as server:
+        for key, value in {
+            "DATABASE_URL": url,
+            "IMAGE_LOCAL_DIR": str(tmp_path / "images"),
+            "GEMINI_API_KEY": "partition-pool-key",
+            "GEMINI_BASE_URL": server.base_url,
+            "GEMINI_MAX_CONCURRENCY": "12",
+            "GEMINI_REQUESTS_PER_MINUTE": "60000",
+        }.items():
+            monkeypatch.setenv(key, value)
+        with Resources.from_env() as resources:
+            yield resources, server
+    db.engine_for(url).dispose()
+
+
+def test_a_selection_across_partitions_shares_one_pool_of_calls(
+    cli_resources: tuple[Resources, fake.GeminiTestServer], tmp_path: Path
+) -> None:
+    """Three draft years of 4 players each, 12 calls allowed in flight: the CLI's runs overlap, so the server
+    sees more than one partition's 4 players at once; each partition keeps its own run, snapshot and
+    materialization, as when they ran one after another."""
+    resources, server = cli_resources
+    settings = {"missing_only": False, "image_size": "512", "fetch_likeness": False, "likeness_url": None}
+    plan = launch.plan_generation(resources, Selection(all_players=True), ["default"], {**settings}, None)
+    assert len(plan.partitions) == 3
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.dev.yaml", home / "dagster.yaml")  # the CLI's instance, with its pool limit
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        summary = launch.run_generation(instance, resources, plan, interactive=False)
+        records = instance.fetch_materializations(dg.AssetKey("player_portraits"), limit=100).records
+    assert [p.generated for p in summary.partitions] == [4, 4, 4] and not summary.failed
+    assert server.peak_in_flight > 4, f"peak in flight {server.peak_in_flight}: the partitions ran one at a time"
+    assert server.peak_in_flight <= 12
+    assert sorted(str(record.partition_key) for record in records) == [
+        "2033|default",
+        "2034|default",
+        "2035|default",
+    ]
+    with resources.database.session() as session:
+        snapshots = session.scalars(select(PlayerImageSnapshot)).all()
+        assert sorted((s.draft_year, s.success_count) for s in snapshots) == [(2033, 4), (2034, 4), (2035, 4)]
+        assert len({s.dagster_run_id for s in snapshots}) == 3
