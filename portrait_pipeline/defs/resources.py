@@ -293,6 +293,10 @@ class PortraitSettings(dg.ConfigurableResource):
         default_factory=default_current_draft_year, description="CURRENT_DRAFT_YEAR; default: the next June draft"
     )
     sensor_styles: str = Field(default="default", description="PORTRAIT_SENSOR_STYLES, comma-separated")
+    require_review: bool = Field(
+        default=False,
+        description="PORTRAIT_REQUIRE_REVIEW: new images wait for a reviewer's approval before going live",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
@@ -329,7 +333,11 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
         "renderer_choice": "PORTRAIT_RENDERER",
     },
-    "settings": {"current_draft_year": "CURRENT_DRAFT_YEAR", "sensor_styles": "PORTRAIT_SENSOR_STYLES"},
+    "settings": {
+        "current_draft_year": "CURRENT_DRAFT_YEAR",
+        "sensor_styles": "PORTRAIT_SENSOR_STYLES",
+        "require_review": "PORTRAIT_REQUIRE_REVIEW",
+    },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
 }
@@ -391,9 +399,12 @@ class Resources:
 
 
 def generation_service(
-    storage: ImageStorageResource, gemini: GeminiResource, likeness: LikenessResource
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    likeness: LikenessResource,
+    settings: PortraitSettings,
 ) -> ImageGenerationService:
     """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
     describer = gemini.describer()
     source = LikenessService(describer, likeness.policy()).for_generation if describer else None
-    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source)
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, settings.require_review)
