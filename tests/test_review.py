@@ -118,7 +118,7 @@ def test_a_player_pending_review_is_not_regenerated_by_missing_only_or_the_senso
     generate(roster_loaded, storage_resource, offline_gemini, [1], review=True)
     (pending,) = assets_of(roster_loaded, 1)
     assert pending.review_status == PENDING and not pending.is_current
-    request = PartitionRequest(*PARTITION, missing_only=True, player_ids=(1, 2))
+    request = PartitionRequest("2025", "default", missing_only=True, player_ids=(1, 2))
     with roster_loaded.session() as db:
         plan = plan_partition(db, storage_resource.get_storage(), request, OfflineRenderer.pricing)
         before = missing_by_draft_year(db, ["2025"], "default")["2025"][0]
