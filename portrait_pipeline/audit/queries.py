@@ -83,7 +83,13 @@ def players_with_image_or_pending(db: Session, style: str, player_ids: Sequence[
 def correction_for(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
     """The rejected image the player's next generation corrects: their latest image in the style, if a reviewer
     rejected it. Its successor links to it, carries its guidance in the prompt, and waits for review."""
-    latest = db.scalar(
+    latest = latest_image(db, player_id, style)
+    return latest if latest is not None and latest.review_status == REJECTED else None
+
+
+def latest_image(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    """The player's newest generated image in the style, whatever its review status."""
+    return db.scalar(
         select(PlayerImageAsset)
         .where(
             PlayerImageAsset.player_id == player_id,
@@ -93,7 +99,6 @@ def correction_for(db: Session, player_id: int, style: str) -> PlayerImageAsset 
         .order_by(PlayerImageAsset.id.desc())
         .limit(1)
     )
-    return latest if latest is not None and latest.review_status == REJECTED else None
 
 
 def review_queue(
