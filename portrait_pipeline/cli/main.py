@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     reject.add_argument("--guidance", help='a correction for the next prompt, e.g. "shorter hair" (kept as data)')
     reject.add_argument("--regenerate", action="store_true", help="generate a corrected image now (pending review)")
     reject.add_argument("--by", default=None, help="who rejects (default: the login name)")
+    serve = review_commands.add_parser("serve", help="the review desk as a web page (token: REVIEW_TOKEN)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_positive, default=8765)
+    serve.add_argument("--by", default=None, help="the name decisions are recorded under (default: the login name)")
     return parser
 
 
@@ -394,6 +398,25 @@ def cmd_review_reject(args: argparse.Namespace, ctx: Context) -> int:
     return _generate(ctx, Selection(player_id=player_id), [style], settings, None, dry_run=False)
 
 
+def cmd_review_serve(args: argparse.Namespace, ctx: Context) -> int:
+    import secrets
+
+    import uvicorn
+
+    from portrait_pipeline.cli.review_app import check_bind, create_app
+
+    token = os.environ.get("REVIEW_TOKEN", "").strip() or None
+    check_bind(args.host, token)
+    if token is None:
+        # Loopback only (check_bind): a one-time token for this process, shown to whoever started it.
+        token = secrets.token_urlsafe(24)
+        print(f"REVIEW_TOKEN is not set: log in with the one-time token {token}")
+    app = create_app(ctx.database.check(), ctx.resources.storage.get_storage(), token, _reviewer(args.by))
+    print(f"review desk on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 COMMANDS = {
     ("db", None): cmd_db,
     ("players", "import"): cmd_players_import,
@@ -405,6 +428,7 @@ COMMANDS = {
     ("review", "list"): cmd_review_list,
     ("review", "approve"): cmd_review_approve,
     ("review", "reject"): cmd_review_reject,
+    ("review", "serve"): cmd_review_serve,
 }
 
 
