@@ -276,13 +276,18 @@ def test_pending_review_warns_with_the_count_of_the_partition(
     resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> None:
     generate(resources, instance, {"player_ids": [1]})
-    reviewed = {**resources, "settings": PortraitSettings(current_draft_year=2025, require_review=True)}
-    generate(reviewed, instance, {"player_ids": [1, 2, 3]})
-    result = run_checks(resources, instance)
+    desk = PortraitSettings(current_draft_year=2025, require_review=True, review_url="http://127.0.0.1:8765/")
+    reviewed = {**resources, "settings": desk}
+    materialized = materialize_portraits(reviewed, PARTITION, {"player_ids": [1, 2, 3]}, instance)
+    (event,) = materialized.asset_materializations_for_node("player_portraits")
+    page = "http://127.0.0.1:8765/?partition=2025%7Cdefault"
+    assert event.metadata["review_page"] == dg.MetadataValue.url(page)
+    result = run_checks(reviewed, instance)
     assert result.success  # a warning
     evaluation = evaluations(result)["pending_review"]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["pending"].value == 3
+    assert evaluation.metadata["review_page"] == dg.MetadataValue.url(page)
     assert "3 images pending review" in (evaluation.description or "")
     # Player 1's approved image is still live, so coverage counts it; 2 and 3 have none live yet (19 of 20 lack one).
     assert evaluations(result)["coverage"].metadata["missing"].value == 19

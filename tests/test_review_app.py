@@ -88,6 +88,8 @@ def test_the_grid_approves_one_and_rejects_one_with_guidance(
     page = grid.text
     assert 'id="2025|default"' in page and f'data-asset="{pending.id}"' in page and f'data-asset="{other.id}"' in page
     assert f"live: asset {old.id}" in page and "no live image" in page  # the previous approved image beside it
+    assert "Nothing is waiting." in session.get(f"{desk}/", params={"partition": "2026|default"}, timeout=5).text
+    assert f'data-asset="{pending.id}"' in session.get(f"{desk}/", params={"partition": "2025|default"}).text
     csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     image = session.get(f"{desk}/image/{old.id}", timeout=5)
     assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from portrait_pipeline import naming
 from portrait_pipeline.audit import queries, serving
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
@@ -134,8 +135,10 @@ def create_app(engine: Engine, storage: ImageStorage, token: str, reviewer: str 
             cards = []
             for asset, player in queries.review_queue(db, status=PENDING):
                 live = queries.current_asset(db, player.id, asset.style)
-                partition = f"{queries.draft_year_key(player.draft_year)}|{asset.style}"
+                partition = naming.partition_label(queries.draft_year_key(player.draft_year), asset.style)
                 cards.append({"partition": partition, "asset": asset, "player": player, "live": live})
+            wanted = request.query_params.get("partition")  # the link from a Dagster materialization or check
+            cards = [card for card in cards if wanted is None or card["partition"] == wanted]
             partitions = [(key, list(group)) for key, group in groupby(cards, key=lambda card: card["partition"])]
             return HTMLResponse(_render("grid", partitions=partitions, csrf=csrf_value))
 

@@ -133,7 +133,9 @@ def player_portraits(
         context.log.warning(note)
     if result.failure is not None:
         raise dg.Failure(description=result.failure, metadata=summary_metadata(result))
-    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result)})
+    review = settings.review_page(context.partition_key)
+    links = {"review_page": dg.MetadataValue.url(review)} if review else {}
+    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result), **links})
 
 
 class _RunLogHandler(logging.Handler):

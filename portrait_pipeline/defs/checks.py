@@ -13,7 +13,7 @@ from portrait_pipeline.audit import queries
 from portrait_pipeline.audit.models import PENDING, Player, PlayerImageAsset
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.partitions import portrait_partitions, split_partition_key
-from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
+from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, PortraitSettings, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.model_registry import TARGET_DIMENSIONS
 from portrait_pipeline.storage import ImageStorage, sha256_hex
@@ -217,7 +217,9 @@ def coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource)
 
 
 @dg.asset_check(asset=player_portraits, partitions_def=portrait_partitions)
-def pending_review(context: dg.AssetCheckExecutionContext, database: DatabaseResource) -> dg.AssetCheckResult:
+def pending_review(
+    context: dg.AssetCheckExecutionContext, database: DatabaseResource, settings: PortraitSettings
+) -> dg.AssetCheckResult:
     """No new image of the partition waits for a reviewer (PORTRAIT_REQUIRE_REVIEW): until approved, the previous
     image stays live, so a queue here means portraits that are made and paid for but not yet served."""
     draft_year_key, style = _partition(context)
@@ -226,6 +228,7 @@ def pending_review(context: dg.AssetCheckExecutionContext, database: DatabaseRes
             [str(asset.id), player.display_name, f"{asset.created_at:%Y-%m-%d %H:%M}"]
             for asset, player in queries.review_queue(db, status=PENDING, draft_year_key=draft_year_key, style=style)
         ]
+    review = settings.review_page(context.partition_key)
     return dg.AssetCheckResult(
         passed=not waiting,
         severity=dg.AssetCheckSeverity.WARN,
@@ -236,6 +239,7 @@ def pending_review(context: dg.AssetCheckExecutionContext, database: DatabaseRes
         metadata={
             "pending": len(waiting),
             "pending_images": dg.MetadataValue.md(_table(["asset", "player", "generated (UTC)"], waiting)),
+            **({"review_page": dg.MetadataValue.url(review)} if review else {}),
         },
     )
 

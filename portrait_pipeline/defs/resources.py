@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import quote
 
 import dagster as dg
 from botocore.config import Config
@@ -297,9 +298,18 @@ class PortraitSettings(dg.ConfigurableResource):
         default=False,
         description="PORTRAIT_REQUIRE_REVIEW: new images wait for a reviewer's approval before going live",
     )
+    review_url: str | None = Field(
+        default=None, description="PORTRAIT_REVIEW_URL: where `portrait-pipeline review serve` is reachable"
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
+
+    def review_page(self, partition_key: str) -> str | None:
+        """The review desk's page of one partition, for links in the Dagster UI; None when no desk is configured."""
+        if not self.review_url:
+            return None
+        return f"{self.review_url.rstrip('/')}/?partition={quote(partition_key, safe='')}"
 
     def automated_styles(self) -> list[Style]:
         """The styles the sensor and the schedules fill."""
@@ -337,6 +347,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "current_draft_year": "CURRENT_DRAFT_YEAR",
         "sensor_styles": "PORTRAIT_SENSOR_STYLES",
         "require_review": "PORTRAIT_REQUIRE_REVIEW",
+        "review_url": "PORTRAIT_REVIEW_URL",
     },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
