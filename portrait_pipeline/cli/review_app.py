@@ -34,7 +34,7 @@ MAX_FORM_BYTES = 16 * 1024
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Review desk</title>
 <style>body{font-family:sans-serif;margin:1em}.card{display:inline-block;vertical-align:top;border:1px solid #ccc;
-margin:.5em;padding:.5em;width:520px}img{width:240px}.pair{display:flex;gap:8px}pre{white-space:pre-wrap;
+margin:.5em;padding:.5em;width:520px}figure{margin:0}img{width:240px;height:auto}.pair{display:flex;gap:8px}pre{white-space:pre-wrap;
 font-size:11px;max-height:8em;overflow:auto}.error{color:#b00}</style></head><body>
 <p><a href="/">pending</a></p>{% if error %}<p class="error">{{ error }}</p>{% endif %}{% block body %}{% endblock %}
 </body></html>"""
