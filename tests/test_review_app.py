@@ -113,3 +113,19 @@ def test_serve_refuses_a_network_address_without_a_token() -> None:
     check_bind("127.0.0.1", None)
     check_bind("::1", None)
     check_bind("0.0.0.0", "a-token")
+
+
+def test_after_a_form_the_desk_returns_to_its_own_page_never_another_site(
+    desk: str, roster_loaded: DatabaseResource
+) -> None:
+    _, pending = assets_of(roster_loaded, 1)
+    session = logged_in(desk)
+    csrf = session.get(f"{desk}/", timeout=5).text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    response = session.post(
+        f"{desk}/approve/{pending.id}",
+        data={"csrf": csrf},
+        headers={"Referer": "https://evil.example/?partition=2025%7Cdefault"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/?partition=2025%7Cdefault"

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from itertools import groupby
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from jinja2 import DictLoader, Environment, select_autoescape
 from sqlalchemy import Engine, select
@@ -169,7 +169,7 @@ def create_app(engine: Engine, storage: ImageStorage, token: str, reviewer: str 
                     apply(db, asset_id, request.state.form)
             except InvalidInput as exc:
                 return HTMLResponse(_render("page", error=str(exc)), status_code=400)
-            return RedirectResponse(request.headers.get("referer") or "/", status_code=303)
+            return RedirectResponse(_back(request), status_code=303)
 
         return endpoint
 
@@ -189,6 +189,14 @@ def create_app(engine: Engine, storage: ImageStorage, token: str, reviewer: str 
             Route("/promote/{asset_id:int}", guarded(promote, post=True), methods=["POST"]),
         ]
     )
+
+
+def _back(request: Request) -> str:
+    """Back to the page the form was on: its path on this desk only, never another site named in a header."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if not referer.path.startswith("/") or referer.path.startswith("//"):
+        return "/"
+    return referer.path + (f"?{referer.query}" if referer.query else "")
 
 
 def _derive(token: str, purpose: str) -> str:
