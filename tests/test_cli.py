@@ -220,3 +220,11 @@ def test_review_desk_rejects_regenerates_with_guidance_and_approves(run: Run, se
     again = run("review", "approve", str(second_id))
     assert again.returncode == 2 and f"asset {second_id}: it is approved, not pending review" in again.stderr
     assert "0 image(s)" in run("review", "list").stdout
+
+
+def test_review_serve_refuses_a_network_address_without_a_token(run: Run, seeded: dict[str, str]) -> None:
+    refused = run("review", "serve", "--host", "0.0.0.0", env={"REVIEW_TOKEN": ""})
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "portrait-pipeline: error: review serve --host 0.0.0.0: set REVIEW_TOKEN to serve beyond this machine"
+    )
