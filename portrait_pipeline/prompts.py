@@ -43,7 +43,7 @@ likeness: face shape, skin tone, hair (color, length, texture, style), facial ha
 Be neutral and factual, 2 to 4 sentences. Do not guess who the person is, do not name anyone, and say
 nothing about identity, ethnicity, nationality or age beyond what a drawing needs."""
 
-_FIELD_LIMITS = {"name": 80, "position": 30, "school": 80, "likeness": 800}
+_FIELD_LIMITS = {"name": 80, "position": 30, "school": 80, "likeness": 800, "guidance": 300}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Text that tries to steer the model rather than describe a player.
 _INSTRUCTION_LIKE = re.compile(
@@ -82,8 +82,14 @@ def system_prompt(style: Style) -> str:
     return f"{SYSTEM_PROMPT}\n\n{STYLE_BLOCKS[style]}"
 
 
-def user_prompt(name: str, position: str | None, school: str | None, likeness: str | None) -> str:
-    """The per-player prompt, stored on the asset row: fixed instructions, then the player as a data block."""
+def user_prompt(
+    name: str, position: str | None, school: str | None, likeness: str | None, guidance: str | None = None
+) -> str:
+    """The per-player prompt, stored on the asset row: fixed instructions, then the player as a data block.
+
+    A reviewer's `guidance` ("shorter hair") is a field of the data block like the roster's: it describes the
+    player's look and is sanitized the same way, never spliced into the instructions.
+    """
     facts = {"name": sanitize_field(name, "name")}
     if position and (clean := sanitize_field(position, "position")):
         facts["position"] = clean
@@ -94,10 +100,13 @@ def user_prompt(name: str, position: str | None, school: str | None, likeness: s
         appearance = "Draw the player's look from the appearance field, a description of a reference photo."
     else:
         appearance = "No appearance is given: an athletic young basketball player; choose a natural, plausible look."
+    lines = ["Portrait of the basketball player described in the player data below.", appearance]
+    if guidance and (clean := sanitize_field(guidance, "guidance")):
+        facts["reviewer_correction"] = clean
+        lines.append("Apply the reviewer_correction field to the player's look: it corrects an earlier portrait.")
     return "\n".join(
         [
-            "Portrait of the basketball player described in the player data below.",
-            appearance,
+            *lines,
             PLAYER_DATA_OPEN,
             player_data(facts),
             PLAYER_DATA_CLOSE,

@@ -27,6 +27,6 @@ def __getattr__(name: str) -> Any:
 @cache
 def _default_service() -> ImageGenerationService:
     resources = resources_from_env()
-    keys = ("storage", "gemini", "likeness")
+    keys = ("storage", "gemini", "likeness", "settings")
     with dg.build_resources({key: resources[key] for key in keys}) as built:
-        return generation_service(built.storage, built.gemini, built.likeness)
+        return generation_service(built.storage, built.gemini, built.likeness, built.settings)

@@ -14,6 +14,7 @@ from portrait_pipeline.defs.resources import (
     GeminiResource,
     ImageStorageResource,
     LikenessResource,
+    PortraitSettings,
     QualitySettings,
 )
 from portrait_pipeline.model_registry import current_models
@@ -40,8 +41,10 @@ def resources_for(
     storage: ImageStorageResource,
     gemini: GeminiResource,
     likeness: LikenessResource | None = None,
+    settings: PortraitSettings | None = None,
 ) -> dict[str, Any]:
     return {
+        "settings": settings or PortraitSettings(current_draft_year=2025),
         "database": database,
         "storage": storage,
         "gemini": gemini,

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from portrait_pipeline import images
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.serving import approve
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.checks import (
     coverage,
@@ -19,11 +20,18 @@ from portrait_pipeline.defs.checks import (
     failure_rate_check,
     images_valid,
     missing_players,
+    pending_review,
     portrait_checks,
     validate_images,
 )
 from portrait_pipeline.defs.partitions import portrait_partition_key
-from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, QualitySettings
+from portrait_pipeline.defs.resources import (
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+    PortraitSettings,
+    QualitySettings,
+)
 from portrait_pipeline.generation.offline import render_portrait
 from portrait_pipeline.storage import LocalImageStorage
 from tests.helpers import materialize_portraits, resources_for
@@ -205,7 +213,7 @@ def test_checks_pass_in_the_run_that_materializes_a_good_partition(
     )
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert sorted(evaluations) == ["coverage", "failure_rate", "images_valid"]
+    assert sorted(evaluations) == ["coverage", "failure_rate", "images_valid", "pending_review"]
     assert all(e.passed for e in evaluations.values())
     assert all(e.partition == "2025|default" for e in evaluations.values())
     assert evaluations["images_valid"].metadata["checked"].value == 20
@@ -264,10 +272,36 @@ def test_coverage_warns_and_lists_missing_players(resources: dict[str, Any], ins
     assert "| 19 |" in listed and "| 20 |" in listed and "| 18 |" not in listed
 
 
+def test_pending_review_warns_with_the_count_of_the_partition(
+    resources: dict[str, Any], instance: dg.DagsterInstance
+) -> None:
+    generate(resources, instance, {"player_ids": [1]})
+    desk = PortraitSettings(current_draft_year=2025, require_review=True, review_url="http://127.0.0.1:8765/")
+    reviewed = {**resources, "settings": desk}
+    materialized = materialize_portraits(reviewed, PARTITION, {"player_ids": [1, 2, 3]}, instance)
+    (event,) = materialized.asset_materializations_for_node("player_portraits")
+    page = "http://127.0.0.1:8765/?partition=2025%7Cdefault"
+    assert event.metadata["review_page"] == dg.MetadataValue.url(page)
+    result = run_checks(reviewed, instance)
+    assert result.success  # a warning
+    evaluation = evaluations(result)["pending_review"]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["pending"].value == 3
+    assert evaluation.metadata["review_page"] == dg.MetadataValue.url(page)
+    assert "3 images pending review" in (evaluation.description or "")
+    # Player 1's approved image is still live, so coverage counts it; 2 and 3 have none live yet (19 of 20 lack one).
+    assert evaluations(result)["coverage"].metadata["missing"].value == 19
+    with resources["database"].session() as db:
+        pending = db.scalars(select(PlayerImageAsset).where(PlayerImageAsset.review_status == "pending")).all()
+        for asset in pending:
+            approve(db, resources["storage"].get_storage(), asset.id, "art-director")
+    assert evaluations(run_checks(resources, instance))["pending_review"].passed
+
+
 def test_checks_are_partitioned_like_the_asset() -> None:
     blocking = {}
-    for check in (images_valid, failure_rate_check, coverage):
+    for check in (images_valid, failure_rate_check, coverage, pending_review):
         (spec,) = check.check_specs
         assert spec.partitions_def == player_portraits.partitions_def
         blocking[spec.name] = spec.blocking
-    assert blocking == {"images_valid": True, "failure_rate": False, "coverage": False}
+    assert blocking == {"images_valid": True, "failure_rate": False, "coverage": False, "pending_review": False}

@@ -181,3 +181,50 @@ def test_history_url_and_promote_let_a_reviewer_roll_back(run: Run, seeded: dict
     assert run("url", "--player-id", "1", "--style", "retro").stdout.strip().startswith("https://placehold.co/")
     missing = run("history", "--player-id", "99999")
     assert missing.returncode == 2 and "--player-id 99999: no such player" in missing.stderr
+
+
+def test_review_desk_rejects_regenerates_with_guidance_and_approves(run: Run, seeded: dict[str, str]) -> None:
+    """PORTRAIT_REQUIRE_REVIEW: the old image stays live through a rejection and a regeneration until approval."""
+    url = seeded["DATABASE_URL"]
+    assert run("generate", "--player-id", "1").returncode == 0
+    review = {"PORTRAIT_REQUIRE_REVIEW": "true"}
+    assert run("generate", "--player-id", "1", env=review).returncode == 0
+    with session_scope(engine_for(url)) as db:
+        live, pending = db.scalars(select(PlayerImageAsset).order_by(PlayerImageAsset.id)).all()
+        live_id, live_url, pending_id = live.id, live.public_url, pending.id
+    assert run("url", "--player-id", "1").stdout.strip() == live_url
+    queue = run("review", "list", "--draft-year", "2025", "--style", "default")
+    assert queue.returncode == 0, queue.stderr
+    (row,) = [line for line in queue.stdout.splitlines() if line.split()[:1] == [str(pending_id)]]
+    assert "pending" in row and row.split()[-2] == str(live_id)
+
+    rejected = run(
+        "review", "reject", str(pending_id), "--reason", "hair too long", "--guidance", "shorter hair",
+        "--regenerate", "--by", "art-director",
+    )  # fmt: skip
+    assert rejected.returncode == 0, rejected.stderr
+    with session_scope(engine_for(url)) as db:
+        old, first, second = db.scalars(select(PlayerImageAsset).order_by(PlayerImageAsset.id)).all()
+        assert (first.review_status, first.reviewed_by, first.review_reason, first.guidance) == (
+            "rejected", "art-director", "hair too long", "shorter hair"
+        )  # fmt: skip
+        assert (second.review_status, second.is_current, second.replaces_asset_id) == ("pending", False, first.id)
+        prompt, second_id, second_url = second.user_prompt or "", second.id, second.public_url
+    data = prompt.split("<player_data>", 1)[1].split("</player_data>", 1)[0]
+    assert '"reviewer_correction": "shorter hair"' in data and prompt.count("shorter hair") == 1
+    assert old.is_current and run("url", "--player-id", "1").stdout.strip() == live_url
+
+    approved = run("review", "approve", str(second_id))
+    assert approved.returncode == 0, approved.stderr
+    assert run("url", "--player-id", "1").stdout.strip() == second_url
+    again = run("review", "approve", str(second_id))
+    assert again.returncode == 2 and f"asset {second_id}: it is approved, not pending review" in again.stderr
+    assert "0 image(s)" in run("review", "list").stdout
+
+
+def test_review_serve_refuses_a_network_address_without_a_token(run: Run, seeded: dict[str, str]) -> None:
+    refused = run("review", "serve", "--host", "0.0.0.0", env={"REVIEW_TOKEN": ""})
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "portrait-pipeline: error: review serve --host 0.0.0.0: set REVIEW_TOKEN to serve beyond this machine"
+    )

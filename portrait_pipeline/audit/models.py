@@ -22,6 +22,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+REVIEW_STATUSES = (PENDING, APPROVED, REJECTED)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -152,6 +155,16 @@ class PlayerImageAsset(Base):
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(10, 4), default=Decimal("0"))
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The review desk: a new image waits as `pending` (PORTRAIT_REQUIRE_REVIEW) until a person approves or rejects
+    # it; without review it is `approved` on arrival. `guidance` is the reviewer's correction for the next prompt.
+    review_status: Mapped[str] = mapped_column(String(20), default=APPROVED, server_default=APPROVED)
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    guidance: Mapped[str | None] = mapped_column(Text)
+    replaces_asset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("player_image_assets.id", ondelete="SET NULL", name="fk_asset_replaces")
+    )
 
     snapshot: Mapped[PlayerImageSnapshot] = relationship(back_populates="assets")
     player: Mapped[Player] = relationship()

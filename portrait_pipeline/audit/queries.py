@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import PENDING, REJECTED, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import InvalidInput
 
 UNDRAFTED = "undrafted"
@@ -63,6 +63,61 @@ def current_asset(db: Session, player_id: int, style: str) -> PlayerImageAsset |
 def players_with_current_image(db: Session, style: str, player_ids: Sequence[int]) -> set[int]:
     query = select(PlayerImageAsset.player_id).where(is_current(style), PlayerImageAsset.player_id.in_(player_ids))
     return set(db.scalars(query))
+
+
+def is_pending_review(style: str | None = None) -> ColumnElement[bool]:
+    """Image rows waiting for a reviewer (of one style)."""
+    pending = (PlayerImageAsset.review_status == PENDING) & (PlayerImageAsset.status == "succeeded")
+    return pending if style is None else pending & (PlayerImageAsset.style == style)
+
+
+def players_with_image_or_pending(db: Session, style: str, player_ids: Sequence[int]) -> set[int]:
+    """Players `missing_only` leaves alone: a current image, or a new one waiting for review (paying for another
+    before the reviewer decides would waste the first)."""
+    query = select(PlayerImageAsset.player_id).where(
+        is_current(style) | is_pending_review(style), PlayerImageAsset.player_id.in_(player_ids)
+    )
+    return set(db.scalars(query))
+
+
+def correction_for(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    """The rejected image the player's next generation corrects: their latest image in the style, if a reviewer
+    rejected it. Its successor links to it, carries its guidance in the prompt, and waits for review."""
+    latest = latest_image(db, player_id, style)
+    return latest if latest is not None and latest.review_status == REJECTED else None
+
+
+def latest_image(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    """The player's newest generated image in the style, whatever its review status."""
+    return db.scalar(
+        select(PlayerImageAsset)
+        .where(
+            PlayerImageAsset.player_id == player_id,
+            PlayerImageAsset.style == style,
+            PlayerImageAsset.status == "succeeded",
+        )
+        .order_by(PlayerImageAsset.id.desc())
+        .limit(1)
+    )
+
+
+def review_queue(
+    db: Session, *, status: str | None = PENDING, draft_year_key: str | None = None, style: str | None = None
+) -> list[tuple[PlayerImageAsset, Player]]:
+    """Generated images by review status (every status with None), optionally one draft year or style, oldest first."""
+    query = (
+        select(PlayerImageAsset, Player)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(PlayerImageAsset.status == "succeeded")
+    )
+    if status is not None:
+        query = query.where(PlayerImageAsset.review_status == status)
+    if draft_year_key is not None:
+        query = query.where(in_draft_years(Player.draft_year, [draft_year_key]))
+    if style is not None:
+        query = query.where(PlayerImageAsset.style == style)
+    rows = db.execute(query.order_by(Player.draft_year, PlayerImageAsset.style, Player.id, PlayerImageAsset.id)).all()
+    return [(asset, player) for asset, player in rows]
 
 
 def current_styles(db: Session, player_ids: Sequence[int]) -> dict[int, set[str]]:

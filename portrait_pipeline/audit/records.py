@@ -9,7 +9,15 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot, utcnow
+from portrait_pipeline.audit.models import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    Player,
+    PlayerImageAsset,
+    PlayerImageSnapshot,
+    utcnow,
+)
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.storage import StoredObject
 
@@ -50,6 +58,7 @@ class GenerationRecord:
     output_tokens: int | None = None
     total_tokens: int | None = None
     cost_usd: Decimal = Decimal("0")
+    replaces_asset_id: int | None = None  # the rejected image this attempt corrects (the review desk)
 
 
 def start_snapshot(db: Session, spec: SnapshotSpec) -> PlayerImageSnapshot:
@@ -88,8 +97,13 @@ def record_success(
     record: GenerationRecord,
     stored: StoredObject,
     publish: Callable[[], object] | None = None,
+    *,
+    pending_review: bool = False,
 ) -> PlayerImageAsset:
     """Commit the asset row and make it the player's current image for the style, in one transaction.
+
+    With `pending_review` the row is committed `pending` and nothing else changes: the current image, its alias
+    (`publish` is not called) and so the manifest keep serving the last approved image until someone approves.
 
     `publish` (writing the serving alias) runs while the player's row is locked, just before the commit. Not on
     SQLite: its lock is the whole database's, and holding it through a network put queues every player behind
@@ -97,6 +111,8 @@ def record_success(
     answers got no row). There the alias is written just before the transaction; the run's claim on the
     (player, style) keeps a second run from writing it meanwhile.
     """
+    if pending_review:
+        publish = None
     if publish is not None and db.get_bind().dialect.name == "sqlite":
         publish()
         publish = None
@@ -113,11 +129,13 @@ def record_success(
         bytes=stored.size,
         used_likeness_ref=record.likeness_description is not None,
         dagster_run_id=snapshot.dagster_run_id,
+        review_status=PENDING if pending_review else APPROVED,
         **record.__dict__,
     )
     db.add(asset)
     db.flush()
-    _make_current(db, asset, publish)
+    if not pending_review:
+        _make_current(db, asset, publish)
     db.commit()
     return asset
 
@@ -144,13 +162,39 @@ def _make_current(db: Session, asset: PlayerImageAsset, publish: Callable[[], ob
 
 def promote(db: Session, asset_id: int, publish: Callable[[], object] | None = None) -> PlayerImageAsset:
     """Make an earlier successful generation current again (a reviewer's rollback)."""
+    asset = succeeded_asset(db, asset_id, "promote")
+    _make_current(db, asset, publish)
+    db.commit()
+    return asset
+
+
+def mark_approved(asset: PlayerImageAsset, reviewer: str) -> None:
+    """Record who approved the image and when; the caller makes it current in the same transaction."""
+    asset.review_status, asset.reviewed_by, asset.reviewed_at = APPROVED, reviewer, utcnow()
+
+
+def reject(db: Session, asset_id: int, reviewer: str, reason: str, guidance: str | None = None) -> PlayerImageAsset:
+    """Mark a generated image rejected, with why and an optional correction for the player's next prompt.
+
+    A rejected image that is current stays live until another is approved: the serving alias never goes blank.
+    """
+    asset = succeeded_asset(db, asset_id, "reject")
+    if not reason.strip():
+        raise InvalidInput(f"asset {asset_id}: a rejection needs a reason")
+    asset.review_status, asset.reviewed_by, asset.reviewed_at = REJECTED, reviewer, utcnow()
+    asset.review_reason = reason.strip()
+    asset.guidance = guidance.strip() if guidance and guidance.strip() else None
+    db.commit()
+    return asset
+
+
+def succeeded_asset(db: Session, asset_id: int, purpose: str) -> PlayerImageAsset:
+    """The asset row of a generation that produced an image, or a one-line error saying why not."""
     asset = db.get(PlayerImageAsset, asset_id)
     if asset is None:
         raise InvalidInput(f"asset {asset_id}: no such image")
-    if asset.status != "succeeded":
-        raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
-    _make_current(db, asset, publish)
-    db.commit()
+    if asset.status != "succeeded" or not asset.s3_key:
+        raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to {purpose}")
     return asset
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from portrait_pipeline import naming
 from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import PENDING, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 
@@ -91,13 +91,11 @@ def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerIm
     The alias is written while the player row is locked, just before the commit, so two racing promotions
     leave the alias showing the image the database calls current (PostgreSQL; SQLite serializes writers).
     """
-    asset = db.get(PlayerImageAsset, asset_id)
-    if asset is None:
-        raise InvalidInput(f"asset {asset_id}: no such image")
-    if asset.status != "succeeded" or not asset.s3_key:
-        raise InvalidInput(f"asset {asset_id}: that generation failed, there is no image to promote")
+    asset = audit.succeeded_asset(db, asset_id, "promote")
+    if asset.review_status == PENDING:
+        raise InvalidInput(f"asset {asset_id}: it is pending review; use `portrait-pipeline review approve`")
     player = db.get_one(Player, asset.player_id)
-    data = _read_audited(storage, asset.s3_key, asset.content_sha256)
+    data = _read_audited(storage, asset.s3_key or "", asset.content_sha256)
     previous = queries.current_asset(db, player.id, asset.style)
     alias = naming.current_key(player.id, player.slug, asset.style)
     try:
@@ -110,6 +108,16 @@ def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerIm
     year_key = queries.draft_year_key(player.draft_year)
     write_index(storage, year_key, asset.style, current_portraits(db, storage, year_key, asset.style))
     return promoted
+
+
+def approve(db: Session, storage: ImageStorage, asset_id: int, reviewer: str) -> PlayerImageAsset:
+    """A reviewer's yes: the image becomes current (alias and partition index follow, as for a promotion) and the
+    row says who approved it and when, in the same commit. Only an image waiting for review can be approved."""
+    asset = audit.succeeded_asset(db, asset_id, "approve")
+    if asset.review_status != PENDING:
+        raise InvalidInput(f"asset {asset_id}: it is {asset.review_status}, not pending review; use promote instead")
+    audit.mark_approved(asset, reviewer)
+    return promote_asset(db, storage, asset_id)
 
 
 def _read_audited(storage: ImageStorage, key: str, sha256: str | None) -> bytes:

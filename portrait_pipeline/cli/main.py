@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 import warnings
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline import roster
 from portrait_pipeline.audit.db import REPO_ROOT, describe_error
-from portrait_pipeline.audit.models import Player
+from portrait_pipeline.audit.models import PENDING, REVIEW_STATUSES, Player
 from portrait_pipeline.audit.queries import current_styles, draft_year_key
 from portrait_pipeline.cohorts import COHORTS, Selection, select_players
 from portrait_pipeline.defs.resources import DatabaseResource, Resources
@@ -26,7 +27,7 @@ from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, stop_on_signals
 from portrait_pipeline.model_registry import IMAGE_SIZES
-from portrait_pipeline.styles import STYLES
+from portrait_pipeline.styles import STYLES, Style
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -83,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     promote = commands.add_parser("promote", help="make an earlier generation current again (rollback)")
     promote.add_argument("--asset-id", type=int, required=True)
+
+    review = commands.add_parser("review", help="the review desk: approve or reject new images before they go live")
+    review_commands = review.add_subparsers(dest="review_command", required=True, parser_class=_Parser)
+    queue = review_commands.add_parser("list", help="images by review status (default: pending)")
+    queue.add_argument("--draft-year", help="a draft class, e.g. 2025, or undrafted")
+    queue.add_argument("--style", help=f"{', '.join(STYLES)}")
+    queue.add_argument("--status", default=PENDING, choices=[*REVIEW_STATUSES, "all"])
+    approve = review_commands.add_parser("approve", help="make pending images live")
+    approve.add_argument("asset_ids", type=int, nargs="+", metavar="ASSET_ID")
+    approve.add_argument("--by", default=None, help="who approves (default: the login name)")
+    reject = review_commands.add_parser("reject", help="reject an image, with why; optionally regenerate it")
+    reject.add_argument("asset_id", type=int, metavar="ASSET_ID")
+    reject.add_argument("--reason", required=True, help="why (kept in the audit)")
+    reject.add_argument("--guidance", help='a correction for the next prompt, e.g. "shorter hair" (kept as data)')
+    reject.add_argument("--regenerate", action="store_true", help="generate a corrected image now (pending review)")
+    reject.add_argument("--by", default=None, help="who rejects (default: the login name)")
+    serve = review_commands.add_parser("serve", help="the review desk as a web page (token: REVIEW_TOKEN)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_positive, default=8765)
+    serve.add_argument("--by", default=None, help="the name decisions are recorded under (default: the login name)")
     return parser
 
 
@@ -218,14 +239,21 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.cli import launch
 
     styles = list(dict.fromkeys(launch.style_flag(value) for value in (args.style or ["default"])))
-    plan = launch.plan_generation(ctx.resources, selection_of(args), styles, launch.run_settings(args), args.limit)
+    return _generate(ctx, selection_of(args), styles, launch.run_settings(args), args.limit, dry_run=args.dry_run)
+
+
+def _generate(
+    ctx: Context, selection: Selection, styles: list[Style], settings: dict[str, Any], limit: int | None, dry_run: bool
+) -> int:
+    """The generate path shared by `generate` and `review reject --regenerate`: plan, preflight, run, summarize."""
+    from portrait_pipeline.cli import launch
+
+    plan = launch.plan_generation(ctx.resources, selection, styles, settings, limit)
     # Before anything is generated or written: a dead model or an unknown price stops here (exit 2).
-    warnings = ctx.resources.gemini.preflight(
-        image_size=plan.image_size, vision=plan.fetch_likeness, dry_run=args.dry_run
-    )
+    warnings = ctx.resources.gemini.preflight(image_size=plan.image_size, vision=plan.fetch_likeness, dry_run=dry_run)
     for warning in warnings:
         print(f"portrait-pipeline: warning: {warning}", file=sys.stderr)
-    if args.dry_run:
+    if dry_run:
         print(launch.render_plan(plan))
         return EXIT_OK
     try:
@@ -286,6 +314,109 @@ def cmd_promote(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _reviewer(value: str | None) -> str:
+    name = (value or getpass.getuser()).strip()
+    if not name:
+        raise InvalidInput("--by: give the reviewer's name")
+    return name[:200]
+
+
+def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.audit import queries
+    from portrait_pipeline.cli.launch import style_flag
+
+    year = queries.draft_year_key(queries.parse_draft_year_key(args.draft_year)) if args.draft_year else None
+    style = style_flag(args.style) if args.style else None
+    status = None if args.status == "all" else args.status
+    with ctx.database.session() as db:
+        rows = queries.review_queue(db, status=status, draft_year_key=year, style=style)
+        current = {
+            key: asset.id
+            for key in {(a.player_id, a.style) for a, _ in rows}
+            if (asset := queries.current_asset(db, *key)) is not None
+        }
+    print(f"{'asset':>6}  {'player':<30}{'draft':<10}{'style':<9}{'status':<10}{'when (UTC)':<18}{'live':>6}  image")
+    for asset, player in rows:
+        live_id = current.get((asset.player_id, asset.style))
+        print(
+            f"{asset.id:>6}  {f'{player.id} {player.display_name}':<30}{queries.draft_year_key(player.draft_year):<10}"
+            f"{asset.style:<9}{asset.review_status:<10}{asset.created_at:%Y-%m-%d %H:%M}  "
+            f"{live_id if live_id is not None else '-':>6}  {asset.public_url}"
+        )
+        if asset.review_reason or asset.guidance:
+            print(f"{'':>8}reason: {asset.review_reason or '-'}; guidance: {asset.guidance or '-'}")
+    print(f"{len(rows)} image(s); live = the asset serving that player and style now")
+    return EXIT_OK
+
+
+def cmd_review_approve(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.audit import serving
+
+    reviewer = _reviewer(args.by)
+    storage = ctx.resources.storage.get_storage()
+    for asset_id in args.asset_ids:
+        with ctx.database.session() as db:
+            asset = serving.approve(db, storage, asset_id, reviewer)
+            print(
+                f"asset {asset.id} approved by {reviewer}: now the live {asset.style} image of player {asset.player_id}"
+            )
+    return EXIT_OK
+
+
+def cmd_review_reject(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.audit import queries, records
+    from portrait_pipeline.audit.models import PlayerImageSnapshot
+    from portrait_pipeline.cli import launch
+
+    if args.guidance is not None and not args.guidance.strip():
+        raise InvalidInput("--guidance: empty; leave it out or say what to change")
+    with ctx.database.session() as db:
+        target = records.succeeded_asset(db, args.asset_id, "reject")
+        latest = queries.latest_image(db, target.player_id, target.style)
+        if args.regenerate and latest is not None and latest.id != target.id:
+            # The next generation corrects the player's newest image; regenerating from an older one would not.
+            raise InvalidInput(
+                f"asset {target.id}: player {target.player_id} has a newer {target.style} image (asset {latest.id}); "
+                "review that one to regenerate"
+            )
+        asset = records.reject(db, args.asset_id, _reviewer(args.by), args.reason, args.guidance)
+        player_id, style, likeness = asset.player_id, launch.style_flag(asset.style), asset.used_likeness_ref
+        image_size = db.get_one(PlayerImageSnapshot, asset.snapshot_id).image_size
+        print(f"asset {asset.id} rejected: {asset.review_reason}")
+    if not args.regenerate:
+        return EXIT_OK
+    # A one-player run: its image links to the rejected one, carries the guidance as data, and waits for review.
+    settings = {
+        "missing_only": False,
+        "image_size": image_size,
+        "fetch_likeness": likeness,
+        "likeness_url": None,
+        "run_key": None,
+        "notes": f"review: regenerate rejected asset {args.asset_id}",
+        "grace_period_s": DEFAULT_GRACE_S,
+    }
+    return _generate(ctx, Selection(player_id=player_id), [style], settings, None, dry_run=False)
+
+
+def cmd_review_serve(args: argparse.Namespace, ctx: Context) -> int:
+    import secrets
+
+    import uvicorn
+
+    from portrait_pipeline.cli.review_app import check_bind, create_app
+
+    token = os.environ.get("REVIEW_TOKEN", "").strip() or None
+    check_bind(args.host, token)
+    if token is None:
+        # Loopback only (check_bind): a one-time token for this process, shown to whoever started it.
+        token = secrets.token_urlsafe(24)
+        print(f"REVIEW_TOKEN is not set: log in with the one-time token {token}")
+    app = create_app(ctx.database.check(), ctx.resources.storage.get_storage(), token, _reviewer(args.by))
+    print(f"review desk on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 COMMANDS = {
     ("db", None): cmd_db,
     ("players", "import"): cmd_players_import,
@@ -294,6 +425,10 @@ COMMANDS = {
     ("history", None): cmd_history,
     ("url", None): cmd_url,
     ("promote", None): cmd_promote,
+    ("review", "list"): cmd_review_list,
+    ("review", "approve"): cmd_review_approve,
+    ("review", "reject"): cmd_review_reject,
+    ("review", "serve"): cmd_review_serve,
 }
 
 

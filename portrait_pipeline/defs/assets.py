@@ -20,6 +20,7 @@ from portrait_pipeline.defs.resources import (
     GeminiResource,
     ImageStorageResource,
     LikenessResource,
+    PortraitSettings,
     generation_service,
 )
 from portrait_pipeline.defs.runs import run_has_ended
@@ -95,6 +96,7 @@ def player_portraits(
     storage: ImageStorageResource,
     gemini: GeminiResource,
     likeness: LikenessResource,
+    settings: PortraitSettings,
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
     request = partition_request(config, context.partition_key, gemini.model, context.run.run_id)
@@ -119,7 +121,7 @@ def player_portraits(
     with stop_on_signals() as stop, core_logs_to(context.log):
         result = run_partition(
             database.check(),
-            generation_service(storage, gemini, likeness),
+            generation_service(storage, gemini, likeness, settings),
             request,
             max_concurrency=gemini.max_concurrency,
             run_has_ended=partial(run_has_ended, context.instance),
@@ -131,7 +133,9 @@ def player_portraits(
         context.log.warning(note)
     if result.failure is not None:
         raise dg.Failure(description=result.failure, metadata=summary_metadata(result))
-    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result)})
+    review = settings.review_page(context.partition_key)
+    links = {"review_page": dg.MetadataValue.url(review)} if review else {}
+    yield dg.Output(result.portraits, metadata={**summary_metadata(result), **preview_metadata(result), **links})
 
 
 class _RunLogHandler(logging.Handler):

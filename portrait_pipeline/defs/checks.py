@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline import images
 from portrait_pipeline.audit import queries
-from portrait_pipeline.audit.models import Player, PlayerImageAsset
+from portrait_pipeline.audit.models import PENDING, Player, PlayerImageAsset
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.partitions import portrait_partitions, split_partition_key
-from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, QualitySettings
+from portrait_pipeline.defs.resources import DatabaseResource, ImageStorageResource, PortraitSettings, QualitySettings
 from portrait_pipeline.errors import PortraitPipelineError
 from portrait_pipeline.model_registry import TARGET_DIMENSIONS
 from portrait_pipeline.storage import ImageStorage, sha256_hex
@@ -216,7 +216,35 @@ def coverage(context: dg.AssetCheckExecutionContext, database: DatabaseResource)
     )
 
 
-portrait_checks = [images_valid, failure_rate_check, coverage]
+@dg.asset_check(asset=player_portraits, partitions_def=portrait_partitions)
+def pending_review(
+    context: dg.AssetCheckExecutionContext, database: DatabaseResource, settings: PortraitSettings
+) -> dg.AssetCheckResult:
+    """No new image of the partition waits for a reviewer (PORTRAIT_REQUIRE_REVIEW): until approved, the previous
+    image stays live, so a queue here means portraits that are made and paid for but not yet served."""
+    draft_year_key, style = _partition(context)
+    with database.session() as db:
+        waiting = [
+            [str(asset.id), player.display_name, f"{asset.created_at:%Y-%m-%d %H:%M}"]
+            for asset, player in queries.review_queue(db, status=PENDING, draft_year_key=draft_year_key, style=style)
+        ]
+    review = settings.review_page(context.partition_key)
+    return dg.AssetCheckResult(
+        passed=not waiting,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(waiting)} images pending review (portrait-pipeline review list --draft-year "
+        f"{draft_year_key} --style {style})"
+        if waiting
+        else "no image pending review",
+        metadata={
+            "pending": len(waiting),
+            "pending_images": dg.MetadataValue.md(_table(["asset", "player", "generated (UTC)"], waiting)),
+            **({"review_page": dg.MetadataValue.url(review)} if review else {}),
+        },
+    )
+
+
+portrait_checks = [images_valid, failure_rate_check, coverage, pending_review]
 
 
 def _problem_rows(problems: list[Problem]) -> list[list[str]]:

@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import quote
 
 import dagster as dg
 from botocore.config import Config
@@ -299,9 +300,22 @@ class PortraitSettings(dg.ConfigurableResource):
         default_factory=default_current_draft_year, description="CURRENT_DRAFT_YEAR; default: the next June draft"
     )
     sensor_styles: str = Field(default="default", description="PORTRAIT_SENSOR_STYLES, comma-separated")
+    require_review: bool = Field(
+        default=False,
+        description="PORTRAIT_REQUIRE_REVIEW: new images wait for a reviewer's approval before going live",
+    )
+    review_url: str | None = Field(
+        default=None, description="PORTRAIT_REVIEW_URL: where `portrait-pipeline review serve` is reachable"
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
+
+    def review_page(self, partition_key: str) -> str | None:
+        """The review desk's page of one partition, for links in the Dagster UI; None when no desk is configured."""
+        if not self.review_url:
+            return None
+        return f"{self.review_url.rstrip('/')}/?partition={quote(partition_key, safe='')}"
 
     def automated_styles(self) -> list[Style]:
         """The styles the sensor and the schedules fill."""
@@ -335,7 +349,12 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
         "renderer_choice": "PORTRAIT_RENDERER",
     },
-    "settings": {"current_draft_year": "CURRENT_DRAFT_YEAR", "sensor_styles": "PORTRAIT_SENSOR_STYLES"},
+    "settings": {
+        "current_draft_year": "CURRENT_DRAFT_YEAR",
+        "sensor_styles": "PORTRAIT_SENSOR_STYLES",
+        "require_review": "PORTRAIT_REQUIRE_REVIEW",
+        "review_url": "PORTRAIT_REVIEW_URL",
+    },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
 }
@@ -397,9 +416,12 @@ class Resources:
 
 
 def generation_service(
-    storage: ImageStorageResource, gemini: GeminiResource, likeness: LikenessResource
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    likeness: LikenessResource,
+    settings: PortraitSettings,
 ) -> ImageGenerationService:
     """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
     describer = gemini.describer()
     source = LikenessService(describer, likeness.policy()).for_generation if describer else None
-    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source)
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, settings.require_review)

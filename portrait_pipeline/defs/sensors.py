@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, as_utc
-from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current
+from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current, is_pending_review
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.config import PortraitRunConfig
 from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
@@ -109,10 +109,11 @@ def changed_draft_years(session: Session, since: ChangeCursor | None, through: C
 
 
 def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -> dict[str, tuple[int, bool]]:
-    """Per draft year: how many players lack a current image in `style`, and whether any of them has a reference."""
+    """Per draft year: how many players lack a current image in `style` (and have none pending review), and whether
+    any of them has a reference."""
     if not keys:
         return {}
-    has_current = exists().where(PlayerImageAsset.player_id == Player.id, is_current(style))
+    has_current = exists().where(PlayerImageAsset.player_id == Player.id, is_current(style) | is_pending_review(style))
     query = (
         select(Player.draft_year, func.count(), func.count(Player.reference_image_url))
         .where(in_draft_years(Player.draft_year, keys), ~has_current)

@@ -160,12 +160,13 @@ class PartitionResult:
 
 
 def has_image(db: Session, storage: ImageStorage, players: list[Player], style: str) -> set[int]:
-    """Players with a current image: an audit row, or a file by the legacy name (made before the audit existed).
+    """Players with a current image or one pending review: an audit row, or a file by the legacy name (made before
+    the audit existed).
 
     A new-format file without a row is not trusted: a run killed between writing the alias and committing the
     row leaves one, and `missing_only` must finish that player rather than skip it for good.
     """
-    current = queries.players_with_current_image(db, style, [player.id for player in players])
+    current = queries.players_with_image_or_pending(db, style, [player.id for player in players])
     for player in players:
         if player.id not in current and storage.exists(naming.legacy_key(player.id, style)):
             current.add(player.id)

@@ -13,6 +13,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images, naming
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
@@ -36,10 +37,12 @@ class ImageGenerationService:
         renderer: Renderer,
         storage: ImageStorage,
         likeness: LikenessSource | None = None,
+        require_review: bool = False,
     ) -> None:
         self.renderer = renderer
         self.storage = storage
         self.likeness = likeness
+        self.require_review = require_review  # PORTRAIT_REQUIRE_REVIEW: new images wait for a reviewer
 
     async def generate_for_player(
         self,
@@ -61,10 +64,15 @@ class ImageGenerationService:
         image while it is decoded (a worker thread calls it): the partition keeps a thumbnail for its contact sheet.
         An `interruption` that aborts the run cancels the call or the storing; the row says which, with the cost.
         """
+        # A reviewer rejected the player's latest image: this one corrects it, with the reviewer's guidance as data.
+        corrects = await asyncio.to_thread(queries.correction_for, db, player.id, style)
+        guidance = corrects.guidance if corrects else None
         attempt = _Attempt(
             started=time.monotonic(),
-            prompt=user_prompt(player.display_name, player.position, player.school, None),
+            prompt=user_prompt(player.display_name, player.position, player.school, None, guidance),
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
+            guidance=guidance,
+            replaces_asset_id=corrects.id if corrects else None,
         )
         try:
             png, stored = await self._make_image(
@@ -78,8 +86,11 @@ class ImageGenerationService:
         record = self._record(attempt, width=width, height=height)
         # The serving alias is rewritten under the player's row lock, so it always shows the current image.
         publish = partial(self.storage.put, naming.current_key(player.id, player.slug, style), png, immutable=False)
+        # A correction of a rejected image goes back to the reviewer, whatever PORTRAIT_REQUIRE_REVIEW says.
+        pending = self.require_review or attempt.replaces_asset_id is not None
+        success = partial(audit.record_success, pending_review=pending)
         try:
-            return await asyncio.to_thread(audit.record_success, db, snapshot, player, style, record, stored, publish)
+            return await asyncio.to_thread(success, db, snapshot, player, style, record, stored, publish)
         except StorageError as exc:
             db.rollback()  # the uncommitted row of this image, not the caller's committed snapshot
             return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
@@ -98,7 +109,9 @@ class ImageGenerationService:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
-            attempt.prompt = user_prompt(player.display_name, player.position, player.school, description)
+            attempt.prompt = user_prompt(
+                player.display_name, player.position, player.school, description, attempt.guidance
+            )
         request = RenderRequest(
             player_id=player.id,
             seed=f"{player.id}:{player.slug}",
@@ -147,6 +160,7 @@ class ImageGenerationService:
             output_tokens=rendered.output_tokens if rendered else None,
             total_tokens=rendered.total_tokens if rendered else None,
             cost_usd=attempt.cost,
+            replaces_asset_id=attempt.replaces_asset_id,
         )
 
 
@@ -169,6 +183,8 @@ class _Attempt:
     started: float
     prompt: str
     reference_url: str | None
+    guidance: str | None = None
+    replaces_asset_id: int | None = None
     likeness: Likeness | None = None
     rendered: RenderedImage | None = None
     cost: Decimal = Decimal("0")
