@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--limit", type=_positive, help="max players to process")
     generate.add_argument("--notes", help="notes for this run")
     generate.add_argument(
+        "--batch", action="store_true", help="through Gemini's Batch API: half the price, results within 24 h"
+    )
+    generate.add_argument(
         "--grace-period",
         type=_seconds,
         default=DEFAULT_GRACE_S,

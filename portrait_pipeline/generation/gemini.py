@@ -159,17 +159,21 @@ class GeminiRenderer:
         self.pricing = pricing
 
     async def render(self, request: RenderRequest) -> RenderedImage:
-        api_size = self.pricing.api_size(request.size)
-        config = types.GenerateContentConfig(
-            system_instruction=request.system_prompt,
-            response_modalities=["IMAGE"],
-            image_config=types.ImageConfig(aspect_ratio="4:5", image_size=api_size),
-        )
+        config = content_config(self.pricing, request)
         sdk = self._client.sdk
         response = await self._client.call(
             lambda: sdk.aio.models.generate_content(model=self.model, contents=request.user_prompt, config=config)
         )
         return image_from(response)
+
+
+def content_config(pricing: ImagePricing, request: RenderRequest) -> types.GenerateContentConfig:
+    """A portrait's generation config: the same for a standard call and a batch job's request."""
+    return types.GenerateContentConfig(
+        system_instruction=request.system_prompt,
+        response_modalities=["IMAGE"],
+        image_config=types.ImageConfig(aspect_ratio="4:5", image_size=pricing.api_size(request.size)),
+    )
 
 
 class GeminiDescriber:

@@ -30,7 +30,7 @@ from portrait_pipeline.generation.engine import (
 )
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, StopRequest
-from portrait_pipeline.model_registry import ImagePricing, ImageSize
+from portrait_pipeline.model_registry import ImagePricing, ImageSize, Lane
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
@@ -58,6 +58,7 @@ class PartitionRequest:
     max_consecutive_failures: int | None = DEFAULT_LIMITS.max_consecutive_failures  # the circuit breaker
     grace_s: float = DEFAULT_GRACE_S  # after a stop signal, how long calls in flight may still answer
     claim_ttl_s: float = leases.DEFAULT_TTL_S  # how long a dead run's claims keep other runs off its players
+    lane: Lane = "standard"  # batch: through the Batch API (generation/batch.py) at the batch price
 
     @property
     def partition_key(self) -> str:

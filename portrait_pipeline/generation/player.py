@@ -63,7 +63,7 @@ class ImageGenerationService:
         """
         attempt = _Attempt(
             started=time.monotonic(),
-            prompt=user_prompt(player.display_name, player.position, player.school, None),
+            prompt=player_prompt(player, None),
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
         )
         try:
@@ -98,15 +98,8 @@ class ImageGenerationService:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
-            attempt.prompt = user_prompt(player.display_name, player.position, player.school, description)
-        request = RenderRequest(
-            player_id=player.id,
-            seed=f"{player.id}:{player.slug}",
-            style=style,
-            system_prompt=system_prompt(style),
-            user_prompt=attempt.prompt,
-            size=image_size,
-        )
+            attempt.prompt = player_prompt(player, description)
+        request = render_request(player, style, image_size, attempt.prompt)
         rendered = await unless_aborted(interruption, self.renderer.render(request), CALL_CANCELLED)
         provenance = {
             "portrait:player_id": str(player.id),
@@ -148,6 +141,23 @@ class ImageGenerationService:
             total_tokens=rendered.total_tokens if rendered else None,
             cost_usd=attempt.cost,
         )
+
+
+def player_prompt(player: Player, likeness_description: str | None) -> str:
+    """A player's user prompt: the one both lanes send (and the audit row records)."""
+    return user_prompt(player.display_name, player.position, player.school, likeness_description)
+
+
+def render_request(player: Player, style: Style, image_size: ImageSize, prompt: str) -> RenderRequest:
+    """What one player's portrait asks the model for, on either lane (the batch lane sends it inside a job)."""
+    return RenderRequest(
+        player_id=player.id,
+        seed=f"{player.id}:{player.slug}",
+        style=style,
+        system_prompt=system_prompt(style),
+        user_prompt=prompt,
+        size=image_size,
+    )
 
 
 def _finish(
