@@ -1,0 +1,96 @@
+"""The batch lane's Batch API jobs in the audit database: written before a run waits, read by every later run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portrait_pipeline.audit.models import BatchJobRecord, PlayerImageAsset, utcnow
+
+
+def record_job(
+    db: Session,
+    *,
+    name: str,
+    partition_key: str,
+    style: str,
+    snapshot_id: int,
+    model: str,
+    image_size: str,
+    player_ids: Sequence[int],
+    input_file: str | None,
+    dagster_run_id: str | None,
+) -> BatchJobRecord:
+    """A submitted job and the players it covers, committed at once: from here on no run submits them again."""
+    job = BatchJobRecord(
+        name=name,
+        partition_key=partition_key,
+        style=style,
+        snapshot_id=snapshot_id,
+        model=model,
+        image_size=image_size,
+        state="JOB_STATE_PENDING",
+        player_ids=json.dumps(list(player_ids)),
+        request_count=len(player_ids),
+        input_file=input_file,
+        dagster_run_id=dagster_run_id,
+    )
+    db.add(job)
+    db.commit()
+    return job
+
+
+def players_of(job: BatchJobRecord) -> list[int]:
+    return [int(player_id) for player_id in json.loads(job.player_ids)]
+
+
+def pending_jobs(db: Session, partition_key: str | None = None) -> list[BatchJobRecord]:
+    """Jobs whose results have not been stored yet (oldest first): their players are in progress."""
+    query = select(BatchJobRecord).where(BatchJobRecord.collected_at.is_(None)).order_by(BatchJobRecord.id)
+    if partition_key is not None:
+        query = query.where(BatchJobRecord.partition_key == partition_key)
+    return list(db.scalars(query))
+
+
+def pending_jobs_of_snapshot(db: Session, snapshot_id: int) -> list[BatchJobRecord]:
+    query = select(BatchJobRecord).where(
+        BatchJobRecord.snapshot_id == snapshot_id, BatchJobRecord.collected_at.is_(None)
+    )
+    return list(db.scalars(query))
+
+
+def recent_jobs(db: Session, limit: int = 50) -> list[BatchJobRecord]:
+    """Pending jobs and the latest collected ones, newest first (`batch list`)."""
+    return list(db.scalars(select(BatchJobRecord).order_by(BatchJobRecord.id.desc()).limit(limit)))
+
+
+def job_named(db: Session, name: str) -> BatchJobRecord | None:
+    return db.scalar(select(BatchJobRecord).where(BatchJobRecord.name == name))
+
+
+def players_in_pending_jobs(db: Session, style: str, player_ids: Sequence[int]) -> set[int]:
+    """Players of `player_ids` covered by a job of this style whose results are not stored yet."""
+    wanted = set(player_ids)
+    covered: set[int] = set()
+    for job in pending_jobs(db):
+        if job.style == style:
+            covered.update(wanted.intersection(players_of(job)))
+    return covered
+
+
+def players_recorded(db: Session, snapshot_id: int) -> set[int]:
+    """Players that already have a row in the snapshot: a collect that died half-way does not store them twice."""
+    query = select(PlayerImageAsset.player_id).where(PlayerImageAsset.snapshot_id == snapshot_id)
+    return set(db.scalars(query))
+
+
+def set_state(db: Session, job_id: int, state: str, *, collected: bool = False) -> None:
+    job = db.get_one(BatchJobRecord, job_id)
+    job.state = state
+    job.updated_at = utcnow()
+    if collected:
+        job.collected_at = utcnow()
+    db.commit()

@@ -1,0 +1,200 @@
+"""The batch lane end to end: the real SDK's Batch API against the local Gemini server, real databases, real storage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from portrait_pipeline.audit import batch_jobs
+from portrait_pipeline.audit.models import BatchJobRecord, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.defs.resources import (
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+    LikenessResource,
+    generation_service,
+)
+from portrait_pipeline.generation import batch
+from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
+from tests.helpers import current_catalogue, generate_requests
+from tests.servers import gemini as fake
+
+API_KEY = "AIzaTEST-secret-key-0123456789abcdef"
+FAST = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05)
+PLAYERS = (1, 2, 3, 4)
+
+
+@pytest.fixture
+def server() -> Iterator[fake.GeminiTestServer]:
+    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
+        yield running
+
+
+@pytest.fixture
+def gemini(server: fake.GeminiTestServer) -> GeminiResource:
+    return GeminiResource(api_key=API_KEY, base_url=server.base_url, timeout_s=5, retry_initial_s=0.05, retry_max_s=0.2)
+
+
+def request_for(**overrides: object) -> PartitionRequest:
+    fields: dict[str, object] = {"draft_year_key": "2025", "style": "default", "player_ids": PLAYERS, "lane": "batch"}
+    return PartitionRequest(**(fields | overrides))  # type: ignore[arg-type]
+
+
+def run(
+    database: DatabaseResource,
+    storage: ImageStorageResource,
+    gemini: GeminiResource,
+    settings: batch.BatchSettings = FAST,
+    **overrides: object,
+) -> PartitionResult:
+    service = generation_service(storage, gemini, LikenessResource())
+    return batch.run_batch_partition(database.check(), service, gemini.client(), request_for(**overrides), settings)
+
+
+def assets(database: DatabaseResource) -> list[PlayerImageAsset]:
+    with database.session() as db:
+        return list(db.scalars(select(PlayerImageAsset).order_by(PlayerImageAsset.player_id)))
+
+
+def jobs(database: DatabaseResource) -> list[BatchJobRecord]:
+    with database.session() as db:
+        return list(db.scalars(select(BatchJobRecord).order_by(BatchJobRecord.id)))
+
+
+BATCH_PRICE = pricing(DEFAULT_IMAGE_MODEL).batch_usd("1K")
+STANDARD_PRICE = pricing(DEFAULT_IMAGE_MODEL).standard_usd("1K")
+
+
+def test_a_partition_goes_through_one_inline_job_at_the_batch_price(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    result = run(roster_loaded, storage_resource, gemini)
+    assert server.batch_request_counts["create"] == 1 and server.batch_request_counts["upload"] == 0
+    assert not generate_requests(server)  # nothing through the standard lane
+    assert [outcome.status for outcome in result.outcomes] == ["succeeded"] * len(PLAYERS)
+    assert BATCH_PRICE is not None and STANDARD_PRICE is not None and BATCH_PRICE * 2 == STANDARD_PRICE
+    rows = assets(roster_loaded)
+    assert [row.player_id for row in rows] == list(PLAYERS)
+    storage = storage_resource.get_storage()
+    for row in rows:
+        assert row.status == "succeeded" and row.is_current and row.cost_usd == BATCH_PRICE
+        assert row.output_tokens == fake.IMAGE_TOKENS and row.prompt_tokens
+        assert storage.exists(row.s3_key or "")
+    assert result.cost_usd == BATCH_PRICE * len(PLAYERS)
+    [job] = jobs(roster_loaded)
+    assert job.state == "JOB_STATE_SUCCEEDED" and job.collected_at is not None
+    assert batch_jobs.players_of(job) == list(PLAYERS)
+    with roster_loaded.session() as db:
+        snapshot = db.get_one(PlayerImageSnapshot, result.snapshot_id)
+        assert snapshot.status == "succeeded" and snapshot.success_count == len(PLAYERS)
+    assert result.contact_sheet is not None
+
+
+def test_a_big_job_goes_as_a_jsonl_file_split_into_jobs(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    settings = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05, inline_limit_bytes=100, max_requests_per_job=3)
+    result = run(roster_loaded, storage_resource, gemini, settings)
+    assert server.batch_request_counts["create"] == 2 and server.batch_request_counts["upload"] == 2
+    assert server.batch_request_counts["download"] == 2
+    assert [outcome.status for outcome in result.outcomes] == ["succeeded"] * len(PLAYERS)
+    assert all(row.cost_usd == BATCH_PRICE for row in assets(roster_loaded))
+    assert [job.request_count for job in jobs(roster_loaded)] == [3, 1]
+    assert all(job.input_file for job in jobs(roster_loaded))
+
+
+def test_a_run_killed_after_submitting_is_collected_by_the_next_without_a_new_job(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    service = generation_service(storage_resource, gemini, LikenessResource())
+    lane = pricing(DEFAULT_IMAGE_MODEL, lane="batch")
+    # The first run submits and commits its job, then dies before it waits.
+    batch.submit_partition(
+        roster_loaded.check(), gemini.client(), service, request_for(), lane, lane.usd_per_image("1K"), FAST
+    )
+    assert server.batch_request_counts["create"] == 1
+    [job] = jobs(roster_loaded)
+    assert job.collected_at is None
+    with roster_loaded.session() as db:
+        assert db.get_one(PlayerImageSnapshot, job.snapshot_id).status == "submitted"
+        # missing_only (either lane) counts the job's players as in progress.
+        standard = request_for(lane="standard", missing_only=True)
+        plan = plan_partition(db, storage_resource.get_storage(), standard, pricing(DEFAULT_IMAGE_MODEL))
+        assert plan.to_generate == [] and {ref.id for ref in plan.skipped} == set(PLAYERS)
+
+    result = run(roster_loaded, storage_resource, gemini)
+    assert server.batch_request_counts["create"] == 1  # nothing submitted twice
+    assert sorted(outcome.player_id for outcome in result.generated) == list(PLAYERS)
+    rows = assets(roster_loaded)
+    assert [row.player_id for row in rows] == list(PLAYERS)  # each stored once
+    assert all(row.snapshot_id == job.snapshot_id for row in rows)
+    with roster_loaded.session() as db:
+        assert db.get_one(PlayerImageSnapshot, job.snapshot_id).status == "succeeded"
+
+
+@pytest.mark.parametrize("state", ["JOB_STATE_EXPIRED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"])
+def test_a_job_that_does_not_succeed_fails_its_players_with_its_state_and_a_rerun_resubmits(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+    state: str,
+) -> None:
+    slow = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05)
+    server.batch_pending_s = 60.0
+
+    def expire_then_wait(seconds: float) -> None:
+        for name in server.batch_names:
+            server.force_batch_state(name, state)
+
+    service = generation_service(storage_resource, gemini, LikenessResource())
+    request = request_for(player_ids=(1, 2))
+    result = batch.run_batch_partition(
+        roster_loaded.check(), service, gemini.client(), request, slow, None, expire_then_wait
+    )
+    assert [outcome.status for outcome in result.outcomes] == ["failed", "failed"]
+    assert all(state in (outcome.reason or "") for outcome in result.outcomes)
+    assert all(row.status == "failed" and row.cost_usd == 0 for row in assets(roster_loaded))
+    assert [job.state for job in jobs(roster_loaded)] == [state]
+
+    server.batch_pending_s = 0.0
+    again = batch.run_batch_partition(roster_loaded.check(), service, gemini.client(), request, slow)
+    assert server.batch_request_counts["create"] == 2
+    assert [outcome.status for outcome in again.outcomes] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (fake.error_reply(400, "Invalid image size."), "error 400: Invalid image size."),
+        (fake.safety_reply("IMAGE_SAFETY"), "finish reason IMAGE_SAFETY"),
+        (fake.blocked_reply("SAFETY"), "blocked the prompt (SAFETY)"),
+    ],
+)
+def test_a_request_error_or_safety_block_fails_that_player_with_the_reason(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+    reply: fake.Reply,
+    reason: str,
+) -> None:
+    server.script_batch("2", reply)
+    result = run(roster_loaded, storage_resource, gemini)
+    by_player = {outcome.player_id: outcome for outcome in result.outcomes}
+    assert by_player[2].status == "failed" and reason in (by_player[2].reason or "")
+    assert [by_player[player].status for player in (1, 3, 4)] == ["succeeded"] * 3
+    failed = [row for row in assets(roster_loaded) if row.player_id == 2]
+    assert failed[0].status == "failed" and reason in (failed[0].error_message or "")
