@@ -19,7 +19,7 @@ from portrait_pipeline.defs.resources import (
 from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
-from tests.helpers import current_catalogue, generate_requests
+from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 
 API_KEY = "AIzaTEST-secret-key-0123456789abcdef"
@@ -198,3 +198,19 @@ def test_a_request_error_or_safety_block_fails_that_player_with_the_reason(
     assert [by_player[player].status for player in (1, 3, 4)] == ["succeeded"] * 3
     failed = [row for row in assets(roster_loaded) if row.player_id == 2]
     assert failed[0].status == "failed" and reason in (failed[0].error_message or "")
+
+
+def test_the_asset_in_the_batch_lane_submits_waits_collects_and_materializes(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    gemini = GeminiResource(api_key=API_KEY, base_url=server.base_url, batch_poll_initial_s=0.02, batch_poll_max_s=0.05)
+    config = {"player_ids": [1, 2], "lane": "batch"}
+    result = materialize_portraits(resources_for(roster_loaded, storage_resource, gemini), ("2025", "default"), config)
+    assert result.success
+    assert server.batch_request_counts["create"] == 1 and not generate_requests(server)
+    metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
+    assert metadata["lane"].value == "batch" and metadata["generated"].value == 2
+    assert BATCH_PRICE is not None and metadata["cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))
+    assert metadata["estimated_batch_cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))

@@ -24,6 +24,7 @@ from portrait_pipeline.defs.resources import (
 )
 from portrait_pipeline.defs.runs import run_has_ended
 from portrait_pipeline.errors import ConfigurationError
+from portrait_pipeline.generation.batch import run_batch_partition
 from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.interrupts import stop_on_signals
@@ -116,16 +117,25 @@ def player_portraits(
             context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
     progress = ProgressLog(context.log)
     # SIGINT/SIGTERM (Ctrl-C, `dagster run terminate`, a k8s stop) let the calls in flight answer and be recorded.
-    with stop_on_signals() as stop, core_logs_to(context.log):
-        result = run_partition(
-            database.check(),
-            generation_service(storage, gemini, likeness),
-            request,
-            max_concurrency=gemini.max_concurrency,
-            run_has_ended=partial(run_has_ended, context.instance),
-            on_outcome=progress,
-            stop=stop,
-        )
+    if request.lane == "batch":
+        if not gemini.uses_gemini:
+            raise ConfigurationError("lane batch needs GEMINI_API_KEY: the Batch API is Gemini's")
+        # Submit, wait and collect in this run: the partition materializes when its images are stored.
+        with core_logs_to(context.log):
+            service = generation_service(storage, gemini, likeness)
+            settings = gemini.batch_settings()
+            result = run_batch_partition(database.check(), service, gemini.client(), request, settings, progress)
+    else:
+        with stop_on_signals() as stop, core_logs_to(context.log):
+            result = run_partition(
+                database.check(),
+                generation_service(storage, gemini, likeness),
+                request,
+                max_concurrency=gemini.max_concurrency,
+                run_has_ended=partial(run_has_ended, context.instance),
+                on_outcome=progress,
+                stop=stop,
+            )
     progress.finish()
     for note in result.notes:
         context.log.warning(note)
@@ -230,6 +240,8 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
             "\n".join(f"- {outcome.display_name}: {outcome.reason}" for outcome in result.failed) or "none"
         ),
         "model": result.plan.model,
+        "lane": request.lane,
+        "estimated_batch_cost_usd": usd_metadata(result.plan.estimated_batch_cost_usd),
         "image_size": request.image_size,
         "prompt_version": SYSTEM_PROMPT_VERSION,
         "run_key": result.run_key,

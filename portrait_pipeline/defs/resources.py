@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
 from portrait_pipeline.errors import ConfigurationError, InvalidInput
+from portrait_pipeline.generation.batch import BatchSettings
 from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy, check_model
 from portrait_pipeline.generation.offline import OfflineRenderer
 from portrait_pipeline.generation.player import ImageGenerationService
@@ -104,11 +105,29 @@ class GeminiResource(dg.ConfigurableResource):
     max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per run")
     requests_per_minute: int = Field(default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE per run")
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
+    batch_poll_initial_s: float = Field(default=30.0, gt=0, description="Batch lane: first wait between polls")
+    batch_poll_max_s: float = Field(default=600.0, gt=0, description="Batch lane: longest wait between polls")
+    batch_max_requests_per_job: int = Field(default=1000, ge=1, description="Batch lane: players per job")
+    batch_inline_limit_bytes: int = Field(
+        default=8_000_000,
+        ge=1,
+        le=20_000_000,
+        description="Batch lane: requests above this go as a JSONL file (the API caps inline requests at 20 MB)",
+    )
 
     _client: GeminiClient | None = PrivateAttr(default=None)
     # (kind, model) -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its
     # own copy of the resource). Reassigned, never mutated, so copies never share it.
     _checked: dict[tuple[str, str], tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(
+            max_requests_per_job=self.batch_max_requests_per_job,
+            inline_limit_bytes=self.batch_inline_limit_bytes,
+            poll_initial_s=self.batch_poll_initial_s,
+            poll_max_s=self.batch_poll_max_s,
+            max_concurrency=self.max_concurrency,
+        )
 
     @property
     def uses_gemini(self) -> bool:
