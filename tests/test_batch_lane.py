@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select
@@ -214,3 +216,28 @@ def test_the_asset_in_the_batch_lane_submits_waits_collects_and_materializes(
     assert metadata["lane"].value == "batch" and metadata["generated"].value == 2
     assert BATCH_PRICE is not None and metadata["cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))
     assert metadata["estimated_batch_cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))
+
+
+def test_two_runs_of_a_partition_at_once_make_one_job_and_store_each_player_once(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    service = generation_service(storage_resource, gemini, LikenessResource())
+    engine = roster_loaded.check()
+    barrier = threading.Barrier(2)
+
+    def one(run_key: str) -> PartitionResult:
+        request = request_for(missing_only=True, run_key=run_key)  # two launches: two snapshots of their own
+        barrier.wait()
+        return batch.run_batch_partition(engine, service, gemini.client(), request, FAST)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = [future.result() for future in [pool.submit(one, "a"), pool.submit(one, "b")]]
+    covered = [player for job in jobs(roster_loaded) for player in batch_jobs.players_of(job)]
+    assert sorted(covered) == list(PLAYERS)  # every player in exactly one job, however the two runs interleaved
+    assert server.batch_request_counts["create"] == len(jobs(roster_loaded))
+    assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)  # stored once
+    assert all(outcome.status == "succeeded" for result in results for outcome in result.outcomes)
+    assert all(job.collected_at is not None for job in jobs(roster_loaded))

@@ -40,6 +40,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("collected_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("collector", sa.String(200), nullable=True),
+        sa.Column("collector_expires_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.models import BatchJobRecord, PlayerImageAsset, utcnow
@@ -94,3 +95,18 @@ def set_state(db: Session, job_id: int, state: str, *, collected: bool = False) 
     if collected:
         job.collected_at = utcnow()
     db.commit()
+
+
+def take_for_collecting(engine: Engine, job_id: int, owner: str, ttl_s: float) -> bool:
+    """Whether `owner` may store the job's answers now: one atomic UPDATE, so of two runs only one wins; a
+    collector that died frees the job when its time runs out (a live one calls this again to extend it)."""
+    now = utcnow()
+    free = BatchJobRecord.collector.is_(None) | (BatchJobRecord.collector == owner)
+    statement = (
+        update(BatchJobRecord)
+        .where(BatchJobRecord.id == job_id, BatchJobRecord.collected_at.is_(None))
+        .where(free | (BatchJobRecord.collector_expires_at < now))
+        .values(collector=owner, collector_expires_at=now + timedelta(seconds=ttl_s))
+    )
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1

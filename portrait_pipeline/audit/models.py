@@ -210,3 +210,6 @@ class BatchJobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     collected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The run storing its answers right now, until when: two runs never store the same job at once.
+    collector: Mapped[str | None] = mapped_column(String(200))
+    collector_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

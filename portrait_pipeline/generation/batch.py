@@ -18,7 +18,7 @@ from decimal import Decimal
 from sqlalchemy import Engine, select
 
 from portrait_pipeline import images
-from portrait_pipeline.audit import batch_jobs, queries
+from portrait_pipeline.audit import batch_jobs, leases, queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import BatchJobRecord, Player
@@ -53,6 +53,7 @@ class BatchSettings:
     poll_initial_s: float = 30.0
     poll_max_s: float = 600.0  # a job may take up to 24 h (48 h before it expires): a poll every 10 min at most
     max_concurrency: int = 8  # answers stored at once
+    collect_lock_s: float = 600.0  # a run storing a job's answers holds it this long, renewed as it goes
 
 
 def run_batch_partition(
@@ -76,16 +77,26 @@ def run_batch_partition(
         sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
         jobs = [(job.id, job.name) for job in batch_jobs.pending_jobs(db, request.partition_key)]
     outcomes: list[PlayerOutcome] = []
+    notes: list[str] = []
     closing: dict[int, tuple[int, str]] = {}
+    owner = leases.owner_name(request.dagster_run_id)
     for job_id, name in jobs:
         status = wait_for(client, name, settings, sleep)
-        batch, snapshot = collect_job(engine, service, lane_pricing, job_id, status, settings, sheet.keep, on_outcome)
+        if not batch_jobs.take_for_collecting(engine, job_id, owner, settings.collect_lock_s):
+            notes.append(f"batch job {name} is stored by another run (or was already): left to it")
+            continue
+        keep_lock = _Renewing(engine, job_id, owner, settings.collect_lock_s, on_outcome)
+        batch, snapshot = collect_job(engine, service, lane_pricing, job_id, status, settings, sheet.keep, keep_lock)
+        notes.append(f"batch job {name} ended {status.state}: {len(batch.outcomes)} player(s) recorded")
         outcomes += batch.outcomes
         with session_scope(engine) as db:
             if not batch_jobs.pending_jobs_of_snapshot(db, snapshot):
                 closing[snapshot] = (len(plan.skipped) if snapshot == snapshot_id else 0, status_of(batch))
+    with session_scope(engine) as db:
+        if snapshot_id not in closing and not batch_jobs.pending_jobs_of_snapshot(db, snapshot_id):
+            closing[snapshot_id] = (len(plan.skipped), "succeeded")  # its players were all submitted elsewhere
     result = PartitionResult(plan, snapshot_id, version, run_key, outcomes, wall_time_s=0.0)
-    result.notes = [f"batch job {name} collected" for _, name in jobs]
+    result.notes = notes
     close_partition(engine, service.storage, result, sheet, closing)
     result.wall_time_s = time.monotonic() - started
     return result
@@ -115,25 +126,50 @@ def submit_partition(
             render_request(players[ref.id], request.style, request.image_size, player_prompt(players[ref.id], None))
             for ref in plan.to_generate
         ]
-    size = settings.max_requests_per_job
-    for start in range(0, len(requests), size):
-        chunk = requests[start : start + size]
-        display_name = f"portraits {request.partition_key} s{snapshot_id} #{start // size + 1}"
-        sent = gemini.submit_batch(client, lane_pricing, chunk, display_name, settings.inline_limit_bytes)
-        with session_scope(engine) as db:
-            batch_jobs.record_job(
-                db,
-                name=sent.name,
-                partition_key=request.partition_key,
-                style=request.style,
-                snapshot_id=snapshot_id,
-                model=lane_pricing.model,
-                image_size=request.image_size,
-                player_ids=[item.player_id for item in chunk],
-                input_file=sent.input_file,
-                dagster_run_id=request.dagster_run_id,
-            )
+    owner = leases.owner_name(request.dagster_run_id)
+    claimed = _claim(engine, request, owner, [item.player_id for item in requests])
+    try:
+        requests = [item for item in requests if item.player_id in claimed]
+        size = settings.max_requests_per_job
+        for start in range(0, len(requests), size):
+            chunk = requests[start : start + size]
+            display_name = f"portraits {request.partition_key} s{snapshot_id} #{start // size + 1}"
+            sent = gemini.submit_batch(client, lane_pricing, chunk, display_name, settings.inline_limit_bytes)
+            with session_scope(engine) as db:
+                batch_jobs.record_job(
+                    db,
+                    name=sent.name,
+                    partition_key=request.partition_key,
+                    style=request.style,
+                    snapshot_id=snapshot_id,
+                    model=lane_pricing.model,
+                    image_size=request.image_size,
+                    player_ids=[item.player_id for item in chunk],
+                    input_file=sent.input_file,
+                    dagster_run_id=request.dagster_run_id,
+                )
+    finally:
+        # From the commit on, `batch_jobs` keeps other runs off these players; the claims covered the gap.
+        for player_id in claimed:
+            leases.release(engine, player_id, request.style, owner)
     return plan, snapshot_id, version, run_key
+
+
+def _claim(engine: Engine, request: PartitionRequest, owner: str, player_ids: list[int]) -> set[int]:
+    """Claim the planned players like a standard run, then drop those a job or an image now covers: a run that
+    planned at the same time as this one may have submitted them (or a standard run finished them) since."""
+    claimed = {
+        player_id
+        for player_id in player_ids
+        if leases.claim(engine, player_id, request.style, owner, request.claim_ttl_s, request.dagster_run_id) is None
+    }
+    with session_scope(engine) as db:
+        taken = batch_jobs.players_in_pending_jobs(db, request.style, sorted(claimed))
+        if request.missing_only:
+            taken |= queries.players_with_current_image(db, request.style, sorted(claimed))
+    for player_id in taken:
+        leases.release(engine, player_id, request.style, owner)
+    return claimed - taken
 
 
 def wait_for(
@@ -180,6 +216,23 @@ def collect_job(
     with session_scope(engine) as db:
         batch_jobs.set_state(db, job_id, status.state, collected=True)
     return batch, snapshot_id
+
+
+class _Renewing:
+    """Passes outcomes on, and extends the run's hold on the job it is storing every third of the hold."""
+
+    def __init__(
+        self, engine: Engine, job_id: int, owner: str, hold_s: float, then: Callable[[PlayerOutcome], None] | None
+    ) -> None:
+        self._engine, self._job_id, self._owner, self._hold_s, self._then = engine, job_id, owner, hold_s, then
+        self._renewed = time.monotonic()
+
+    def __call__(self, outcome: PlayerOutcome) -> None:
+        if time.monotonic() - self._renewed > self._hold_s / 3:
+            batch_jobs.take_for_collecting(self._engine, self._job_id, self._owner, self._hold_s)
+            self._renewed = time.monotonic()
+        if self._then is not None:
+            self._then(outcome)
 
 
 class _Answers:
