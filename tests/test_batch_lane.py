@@ -241,3 +241,15 @@ def test_two_runs_of_a_partition_at_once_make_one_job_and_store_each_player_once
     assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)  # stored once
     assert all(outcome.status == "succeeded" for result in results for outcome in result.outcomes)
     assert all(job.collected_at is not None for job in jobs(roster_loaded))
+
+
+def test_generate_batch_flag_sets_the_lane_of_the_run_config_and_the_core_request() -> None:
+    from portrait_pipeline.cli.launch import run_settings
+    from portrait_pipeline.cli.main import build_parser
+    from portrait_pipeline.defs.config import PortraitRunConfig, partition_request
+
+    for argv, lane in ((["--batch"], "batch"), ([], "standard")):
+        args = build_parser().parse_args(["generate", "--draft-year", "2025", *argv])
+        config = PortraitRunConfig(**run_settings(args))
+        assert config.lane == lane
+        assert partition_request(config, "2025|default", DEFAULT_IMAGE_MODEL).lane == lane
