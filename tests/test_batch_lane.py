@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     generation_service,
 )
+from portrait_pipeline.errors import GenerationFailed
 from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
@@ -253,3 +255,58 @@ def test_generate_batch_flag_sets_the_lane_of_the_run_config_and_the_core_reques
         config = PortraitRunConfig(**run_settings(args))
         assert config.lane == lane
         assert partition_request(config, "2025|default", DEFAULT_IMAGE_MODEL).lane == lane
+
+
+RESOLVE_AT_ONCE = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05, creating_grace_s=0)
+
+
+def test_a_create_that_timed_out_but_made_a_job_is_adopted_by_the_next_run_not_paid_again(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    gemini = GeminiResource(api_key=API_KEY, base_url=server.base_url, timeout_s=1, retry_initial_s=0.05)
+    server.enqueue(fake.slow_reply(1.5), kind="batch_create")  # the job is made after the client gave up
+    with pytest.raises(GenerationFailed, match="did not answer"):
+        run(roster_loaded, storage_resource, gemini)
+    [row] = jobs(roster_loaded)
+    assert row.state == batch_jobs.CREATING
+    with roster_loaded.session() as db:  # in progress meanwhile: nobody submits them
+        assert batch_jobs.players_in_pending_jobs(db, "default", PLAYERS) == set(PLAYERS)
+    time.sleep(0.7)  # the server finishes creating the job
+
+    result = run(roster_loaded, storage_resource, gemini, RESOLVE_AT_ONCE)
+    assert server.batch_request_counts["create"] == 1 and server.batch_request_counts["list"] == 1
+    assert any("adopted" in note for note in result.notes)
+    assert sorted(outcome.player_id for outcome in result.generated) == list(PLAYERS)
+    assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)
+
+
+def test_a_create_the_api_refused_or_never_got_frees_the_players(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    server.enqueue(fake.error_reply(400, "Bad batch."), kind="batch_create")
+    with pytest.raises(GenerationFailed, match="400"):
+        run(roster_loaded, storage_resource, gemini)
+    assert jobs(roster_loaded) == []  # refused: nothing was made, nothing is held
+    with roster_loaded.session() as db:
+        assert [snapshot.status for snapshot in db.scalars(select(PlayerImageSnapshot))] == ["failed"]
+
+    with roster_loaded.session() as db:  # a run that died before its create request left the API
+        batch_jobs.reserve_job(
+            db,
+            partition_key="2025|default",
+            style="default",
+            snapshot_id=db.scalars(select(PlayerImageSnapshot.id)).first() or 0,
+            model=DEFAULT_IMAGE_MODEL,
+            image_size="1K",
+            player_ids=PLAYERS,
+            dagster_run_id=None,
+        )
+    result = run(roster_loaded, storage_resource, gemini, RESOLVE_AT_ONCE)
+    assert any("never reached the API" in note for note in result.notes)
+    assert server.batch_request_counts["create"] == 2  # the refused one and this run's
+    assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)

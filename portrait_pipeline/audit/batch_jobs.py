@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -11,37 +12,63 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.models import BatchJobRecord, PlayerImageAsset, utcnow
 
+CREATING = "CREATING"  # players committed, create request not (yet) answered
 
-def record_job(
+
+def reserve_job(
     db: Session,
     *,
-    name: str,
     partition_key: str,
     style: str,
     snapshot_id: int,
     model: str,
     image_size: str,
     player_ids: Sequence[int],
-    input_file: str | None,
     dagster_run_id: str | None,
 ) -> BatchJobRecord:
-    """A submitted job and the players it covers, committed at once: from here on no run submits them again."""
+    """A job's players, committed before its create request: from here on no run submits them again."""
     job = BatchJobRecord(
-        name=name,
+        name=f"(creating {uuid.uuid4().hex})",
         partition_key=partition_key,
         style=style,
         snapshot_id=snapshot_id,
         model=model,
         image_size=image_size,
-        state="JOB_STATE_PENDING",
+        state=CREATING,
         player_ids=json.dumps(list(player_ids)),
         request_count=len(player_ids),
-        input_file=input_file,
         dagster_run_id=dagster_run_id,
     )
     db.add(job)
     db.commit()
     return job
+
+
+def display_name(job_id: int) -> str:
+    """The job's display name at the API: the row id in it lets a later run find a job whose name was never saved."""
+    return f"portrait-pipeline batch_jobs {job_id}"
+
+
+def confirm_job(db: Session, job_id: int, name: str, input_file: str | None) -> None:
+    """The API's name for the reserved job, committed as soon as the create answered."""
+    job = db.get_one(BatchJobRecord, job_id)
+    job.name, job.input_file, job.state, job.updated_at = name, input_file, "JOB_STATE_PENDING", utcnow()
+    db.commit()
+
+
+def drop_job(db: Session, job_id: int) -> None:
+    db.delete(db.get_one(BatchJobRecord, job_id))
+    db.commit()
+
+
+def stale_creating(db: Session, partition_key: str, grace_s: float) -> list[BatchJobRecord]:
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    query = select(BatchJobRecord).where(
+        BatchJobRecord.partition_key == partition_key,
+        BatchJobRecord.state == CREATING,
+        BatchJobRecord.updated_at <= cutoff,
+    )
+    return list(db.scalars(query))
 
 
 def players_of(job: BatchJobRecord) -> list[int]:

@@ -21,7 +21,7 @@ from portrait_pipeline import images
 from portrait_pipeline.audit import batch_jobs, leases, queries
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
-from portrait_pipeline.audit.models import BatchJobRecord, Player
+from portrait_pipeline.audit.models import BatchJobRecord, Player, PlayerImageSnapshot, utcnow
 from portrait_pipeline.errors import GenerationFailed, InvalidInput
 from portrait_pipeline.generation import gemini
 from portrait_pipeline.generation.engine import BatchJob, BatchLimits, BatchResult, PlayerOutcome, generate_batch
@@ -54,6 +54,8 @@ class BatchSettings:
     poll_max_s: float = 600.0  # a job may take up to 24 h (48 h before it expires): a poll every 10 min at most
     max_concurrency: int = 8  # answers stored at once
     collect_lock_s: float = 600.0  # a run storing a job's answers holds it this long, renewed as it goes
+    # A job row still CREATING after this long belongs to a run that died inside its create request.
+    creating_grace_s: float = 900.0
 
 
 def run_batch_partition(
@@ -71,13 +73,14 @@ def run_batch_partition(
     started = time.monotonic()
     lane_pricing = pricing(service.renderer.pricing.model, service.renderer.pricing.configured_usd, "batch")
     per_image = lane_pricing.usd_per_image(request.image_size)  # no batch price: refused before anything is sent
+    notes = resolve_creating(engine, client, request.partition_key, settings.creating_grace_s)
     submitted = submit_partition(engine, client, service, request, lane_pricing, per_image, settings)
     plan, snapshot_id, version, run_key = submitted
     with session_scope(engine) as db:
         sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
-        jobs = [(job.id, job.name) for job in batch_jobs.pending_jobs(db, request.partition_key)]
+        pending = batch_jobs.pending_jobs(db, request.partition_key)
+        jobs = [(job.id, job.name) for job in pending if job.state != batch_jobs.CREATING]
     outcomes: list[PlayerOutcome] = []
-    notes: list[str] = []
     closing: dict[int, tuple[int, str]] = {}
     owner = leases.owner_name(request.dagster_run_id)
     for job_id, name in jobs:
@@ -112,7 +115,9 @@ def submit_partition(
     settings: BatchSettings,
 ) -> tuple[PartitionPlan, int, int, str]:
     """Plan like a standard run (players a pending job covers are in progress), open a `submitted` snapshot, and
-    send the planned players in jobs of at most `max_requests_per_job`, each committed as soon as it exists."""
+    send the planned players in jobs of at most `max_requests_per_job`. Each job's players are committed before
+    its create request (state CREATING) and its name right after: a run that dies in between leaves a row that
+    the next run resolves (`resolve_creating`) instead of paying for those players again."""
     run_key = request.run_key or f"{request.draft_year_key}_{request.style}"
     with session_scope(engine) as db:
         plan = plan_partition(db, service.storage, request, lane_pricing)
@@ -133,21 +138,33 @@ def submit_partition(
         size = settings.max_requests_per_job
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
-            display_name = f"portraits {request.partition_key} s{snapshot_id} #{start // size + 1}"
-            sent = gemini.submit_batch(client, lane_pricing, chunk, display_name, settings.inline_limit_bytes)
             with session_scope(engine) as db:
-                batch_jobs.record_job(
+                reserved = batch_jobs.reserve_job(
                     db,
-                    name=sent.name,
                     partition_key=request.partition_key,
                     style=request.style,
                     snapshot_id=snapshot_id,
                     model=lane_pricing.model,
                     image_size=request.image_size,
                     player_ids=[item.player_id for item in chunk],
-                    input_file=sent.input_file,
                     dagster_run_id=request.dagster_run_id,
                 )
+                job_id, display_name = reserved.id, batch_jobs.display_name(reserved.id)
+            try:
+                sent = gemini.submit_batch(client, lane_pricing, chunk, display_name, settings.inline_limit_bytes)
+            except gemini.GeminiCallFailed as exc:
+                if exc.code is not None:  # the API refused: no job exists, the players are free again
+                    with session_scope(engine) as db:
+                        batch_jobs.drop_job(db, job_id)
+                raise  # no answer at all: the row stays CREATING until a later run asks the API
+            with session_scope(engine) as db:
+                batch_jobs.confirm_job(db, job_id, sent.name, sent.input_file)
+    except Exception:
+        with session_scope(engine) as db:  # a snapshot that sent nothing is closed, not left `submitted` for good
+            if not batch_jobs.pending_jobs_of_snapshot(db, snapshot_id):
+                closed = db.get_one(PlayerImageSnapshot, snapshot_id)
+                closed.status, closed.finished_at = "failed", utcnow()
+        raise
     finally:
         # From the commit on, `batch_jobs` keeps other runs off these players; the claims covered the gap.
         for player_id in claimed:
@@ -170,6 +187,27 @@ def _claim(engine: Engine, request: PartitionRequest, owner: str, player_ids: li
     for player_id in taken:
         leases.release(engine, player_id, request.style, owner)
     return claimed - taken
+
+
+def resolve_creating(engine: Engine, client: gemini.GeminiClient, partition_key: str, grace_s: float) -> list[str]:
+    """Rows of runs that died between committing a job's players and its name: the API's job list says whether
+    the create arrived (adopt the job by its display name, which carries the row id) or not (free the players)."""
+    with session_scope(engine) as db:
+        stale = batch_jobs.stale_creating(db, partition_key, grace_s)
+        if not stale:
+            return []
+        created = gemini.batch_names_by_display_name(client)
+        notes = []
+        for job in stale:
+            name = created.get(batch_jobs.display_name(job.id))
+            if name is None:
+                notes.append(f"batch job row {job.id}: its create never reached the API; its players are free again")
+                db.delete(job)
+            else:
+                notes.append(f"batch job row {job.id}: adopted {name}, created by a run that died before recording it")
+                batch_jobs.confirm_job(db, job.id, name, None)
+        db.commit()
+        return notes
 
 
 def wait_for(

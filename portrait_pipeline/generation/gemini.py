@@ -375,6 +375,13 @@ def _answer(response: types.GenerateContentResponse | None, message: str | None,
         return str(exc)
 
 
+def batch_names_by_display_name(client: GeminiClient) -> dict[str, str]:
+    """Every job the API lists for this key, display name -> name (a run that died may have created one)."""
+    sdk = client.sdk
+    jobs = client.call_sync(lambda: list(sdk.batches.list(config={"page_size": 100})))
+    return {job.display_name: job.name for job in jobs if job.display_name and job.name}
+
+
 def cancel_batch(client: GeminiClient, name: str) -> None:
     sdk = client.sdk
     client.call_sync(lambda: sdk.batches.cancel(name=name))
