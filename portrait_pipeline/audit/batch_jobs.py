@@ -99,14 +99,13 @@ def job_named(db: Session, name: str) -> BatchJobRecord | None:
     return db.scalar(select(BatchJobRecord).where(BatchJobRecord.name == name))
 
 
-def players_in_pending_jobs(db: Session, style: str, player_ids: Sequence[int]) -> set[int]:
-    """Players of `player_ids` covered by a job of this style whose results are not stored yet."""
-    wanted = set(player_ids)
+def players_in_pending_jobs(db: Session, style: str, player_ids: Sequence[int] | None = None) -> set[int]:
+    """Players (of `player_ids`, or all) covered by a job of this style whose results are not stored yet."""
     covered: set[int] = set()
     for job in pending_jobs(db):
         if job.style == style:
-            covered.update(wanted.intersection(players_of(job)))
-    return covered
+            covered.update(players_of(job))
+    return covered if player_ids is None else covered.intersection(player_ids)
 
 
 def players_recorded(db: Session, snapshot_id: int) -> set[int]:

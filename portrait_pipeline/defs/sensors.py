@@ -11,6 +11,7 @@ import dagster as dg
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit import batch_jobs
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, as_utc
 from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current
 from portrait_pipeline.defs.assets import player_portraits
@@ -109,7 +110,8 @@ def changed_draft_years(session: Session, since: ChangeCursor | None, through: C
 
 
 def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -> dict[str, tuple[int, bool]]:
-    """Per draft year: how many players lack a current image in `style`, and whether any of them has a reference."""
+    """Per draft year: how many players lack a current image in `style` (and are not in a pending batch job), and
+    whether any of them has a reference."""
     if not keys:
         return {}
     has_current = exists().where(PlayerImageAsset.player_id == Player.id, is_current(style))
@@ -118,6 +120,9 @@ def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -
         .where(in_draft_years(Player.draft_year, keys), ~has_current)
         .group_by(Player.draft_year)
     )
+    in_progress = batch_jobs.players_in_pending_jobs(session, style)  # a batch job will store their images
+    if in_progress:
+        query = query.where(Player.id.not_in(sorted(in_progress)))
     return {draft_year_key(year): (missing, refs > 0) for year, missing, refs in session.execute(query)}
 
 
