@@ -33,6 +33,7 @@ from portrait_pipeline.model_registry import (
     DEFAULT_VISION_MODEL,
     ImagePricing,
     ImageSize,
+    Lane,
     ModelKind,
 )
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
@@ -312,6 +313,10 @@ class PortraitSettings(dg.ConfigurableResource):
         default_factory=default_current_draft_year, description="CURRENT_DRAFT_YEAR; default: the next June draft"
     )
     sensor_styles: str = Field(default="default", description="PORTRAIT_SENSOR_STYLES, comma-separated")
+    schedule_lane: Lane = Field(
+        default="batch", description="PORTRAIT_SCHEDULE_LANE: the schedules' backfills (batch: half price, within 24 h)"
+    )
+    sensor_lane: Lane = Field(default="standard", description="PORTRAIT_SENSOR_LANE: the new-prospects sensor's runs")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
@@ -348,7 +353,12 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
         "renderer_choice": "PORTRAIT_RENDERER",
     },
-    "settings": {"current_draft_year": "CURRENT_DRAFT_YEAR", "sensor_styles": "PORTRAIT_SENSOR_STYLES"},
+    "settings": {
+        "current_draft_year": "CURRENT_DRAFT_YEAR",
+        "sensor_styles": "PORTRAIT_SENSOR_STYLES",
+        "schedule_lane": "PORTRAIT_SCHEDULE_LANE",
+        "sensor_lane": "PORTRAIT_SENSOR_LANE",
+    },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
 }

@@ -20,6 +20,7 @@ from portrait_pipeline.defs.partitions import draft_years, portrait_partition_ke
 from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
 from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.model_registry import Lane
 from portrait_pipeline.naming import partition_label
 from portrait_pipeline.styles import Style
 
@@ -144,9 +145,11 @@ def pending_partitions(session: Session, since: ChangeCursor | None, styles: Seq
     return PendingPartitions(draft_year_keys=keys, needs=needs, cursor=through)
 
 
-def run_request(need: PartitionNeed) -> dg.RunRequest:
+def run_request(need: PartitionNeed, lane: Lane = "standard") -> dg.RunRequest:
     """Missing-only, so a run that starts late or twice only fills the gaps still open."""
     config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference)
+    if lane != "standard":  # the run config lists only what differs from the defaults
+        config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference, lane=lane)
     return dg.RunRequest(
         run_key=need.run_key,
         partition_key=portrait_partition_key(need.draft_year_key, need.style),
@@ -178,7 +181,7 @@ def new_prospects_sensor(
         missing = sum(need.missing for need in pending.needs)
         context.log.info(f"{len(pending.needs)} partitions have {missing} players without a current portrait")
     return dg.SensorResult(
-        run_requests=[run_request(need) for need in pending.needs],
+        run_requests=[run_request(need, settings.sensor_lane) for need in pending.needs],
         skip_reason=None if pending.needs else "every changed player already has a current portrait",
         dynamic_partitions_requests=[draft_years.build_add_request(new_years)] if new_years else [],
         cursor=pending.cursor.to_json(),
