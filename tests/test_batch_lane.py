@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import dagster as dg
 import pytest
 from sqlalchemy import select
 
@@ -310,3 +311,16 @@ def test_a_create_the_api_refused_or_never_got_frees_the_players(
     assert any("never reached the API" in note for note in result.notes)
     assert server.batch_request_counts["create"] == 2  # the refused one and this run's
     assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)
+
+
+def test_without_gemini_a_batch_run_falls_back_to_the_offline_renderer_with_a_warning(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> None:
+    config = {"player_ids": [1], "lane": "batch"}  # what the schedules launch by default
+    resources = resources_for(roster_loaded, storage_resource, offline_gemini)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_portraits(resources, ("2025", "default"), config, instance)
+    assert result.success
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("lane batch needs GEMINI_API_KEY" in message for message in logs)
+    assert [row.status for row in assets(roster_loaded)] == ["succeeded"]
