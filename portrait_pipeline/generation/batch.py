@@ -48,7 +48,7 @@ class BatchSettings:
     whose requests pass `inline_limit_bytes` goes as a JSONL file through the Files API instead.
     """
 
-    max_requests_per_job: int = 1000
+    max_requests_per_job: int = 200  # one job's answers are in memory at once (an image each): this bounds RSS
     inline_limit_bytes: int = 8_000_000
     poll_initial_s: float = 30.0
     poll_max_s: float = 600.0  # a job may take up to 24 h (48 h before it expires): a poll every 10 min at most
