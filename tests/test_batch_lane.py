@@ -219,6 +219,8 @@ def test_the_asset_in_the_batch_lane_submits_waits_collects_and_materializes(
     assert metadata["lane"].value == "batch" and metadata["generated"].value == 2
     assert BATCH_PRICE is not None and metadata["cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))
     assert metadata["estimated_batch_cost_usd"].value == pytest.approx(float(2 * BATCH_PRICE))
+    [name] = server.batch_names
+    assert f"batch job {name} ended JOB_STATE_SUCCEEDED: 2 player(s) recorded" in str(metadata["batch_jobs"].value)
 
 
 def test_two_runs_of_a_partition_at_once_make_one_job_and_store_each_player_once(

@@ -232,7 +232,9 @@ def usd_metadata(value: Decimal | None) -> float | str:
 
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
     request = result.plan.request
+    jobs = "\n".join(f"- {note}" for note in result.notes) or "none"
     return {
+        **({"batch_jobs": dg.MetadataValue.md(jobs)} if request.lane == "batch" else {}),
         "generated": len(result.generated),
         "skipped": len(result.plan.skipped),
         "in_progress_elsewhere": len(result.skipped_elsewhere),
@@ -244,6 +246,11 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         ),
         "model": result.plan.model,
         "lane": request.lane,
+        **(
+            {"batch_jobs": dg.MetadataValue.md("\n".join(f"- {note}" for note in result.notes))}
+            if request.lane == "batch"
+            else {}
+        ),
         "estimated_batch_cost_usd": usd_metadata(result.plan.estimated_batch_cost_usd),
         "image_size": request.image_size,
         "prompt_version": SYSTEM_PROMPT_VERSION,
