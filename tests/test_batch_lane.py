@@ -20,7 +20,7 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     generation_service,
 )
-from portrait_pipeline.errors import GenerationFailed
+from portrait_pipeline.errors import GenerationFailed, InvalidInput
 from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, plan_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
@@ -326,3 +326,10 @@ def test_without_gemini_a_batch_run_falls_back_to_the_offline_renderer_with_a_wa
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("lane batch needs GEMINI_API_KEY" in message for message in logs)
     assert [row.status for row in assets(roster_loaded)] == ["succeeded"]
+
+
+def test_the_batch_lane_refuses_likeness_in_one_line() -> None:
+    from portrait_pipeline.defs.config import PortraitRunConfig
+
+    with pytest.raises(InvalidInput, match=r"--batch \(lane batch\) with --fetch-likeness: the batch lane has no"):
+        PortraitRunConfig(lane="batch", fetch_likeness=True)

@@ -148,7 +148,7 @@ def pending_partitions(session: Session, since: ChangeCursor | None, styles: Seq
 def run_request(need: PartitionNeed, lane: Lane = "standard") -> dg.RunRequest:
     """Missing-only, so a run that starts late or twice only fills the gaps still open."""
     config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference)
-    if lane != "standard":  # the run config lists only what differs from the defaults
+    if lane != "standard" and not need.with_reference:  # only what differs; likeness runs on the standard lane
         config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference, lane=lane)
     return dg.RunRequest(
         run_key=need.run_key,
