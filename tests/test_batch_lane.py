@@ -333,3 +333,21 @@ def test_the_batch_lane_refuses_likeness_in_one_line() -> None:
 
     with pytest.raises(InvalidInput, match=r"--batch \(lane batch\) with --fetch-likeness: the batch lane has no"):
         PortraitRunConfig(lane="batch", fetch_likeness=True)
+
+
+def test_a_job_is_collected_at_its_own_models_batch_price_after_the_model_setting_changed(
+    roster_loaded: DatabaseResource,
+    storage_resource: ImageStorageResource,
+    gemini: GeminiResource,
+    server: fake.GeminiTestServer,
+) -> None:
+    service = generation_service(storage_resource, gemini, LikenessResource())
+    lane = pricing(DEFAULT_IMAGE_MODEL, lane="batch")
+    request = request_for(player_ids=(1,))
+    batch.submit_partition(
+        roster_loaded.check(), gemini.client(), service, request, lane, lane.usd_per_image("1K"), FAST
+    )
+    redeployed = gemini.model_copy(update={"image_model": "gemini-3.1-flash-image"})  # a new default meanwhile
+    run(roster_loaded, storage_resource, redeployed, player_ids=(1,))
+    [row] = assets(roster_loaded)
+    assert (row.model, row.cost_usd) == (DEFAULT_IMAGE_MODEL, BATCH_PRICE)

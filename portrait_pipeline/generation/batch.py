@@ -238,6 +238,8 @@ def collect_job(
     with session_scope(engine) as db:
         job = db.get_one(BatchJobRecord, job_id)
         snapshot_id, style, size = job.snapshot_id, job.style, job.image_size
+        # The job's own model, not this run's: a deploy may have changed the model between submit and collect.
+        lane_pricing = pricing(job.model, lane_pricing.configured_usd, "batch")
         done = batch_jobs.players_recorded(db, snapshot_id)
         player_ids = [player_id for player_id in batch_jobs.players_of(job) if player_id not in done]
     answers = status.answers if status.answers is not None else {}
