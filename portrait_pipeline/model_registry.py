@@ -19,6 +19,7 @@ from portrait_pipeline.errors import ConfigurationError, InvalidInput
 ImageSize = Literal["512", "1K", "2K", "4K"]
 IMAGE_SIZES: tuple[ImageSize, ...] = get_args(ImageSize)
 ModelKind = Literal["image", "vision"]
+Lane = Literal["standard", "batch"]  # interactive calls, or the Batch API at its own price
 OFFLINE_MODEL = "offline-renderer"
 WARN_DAYS = 30  # a shutdown this close warns in the run log and the CLI
 
@@ -342,6 +343,7 @@ class ImagePricing:
 
     model: str
     configured_usd: Decimal | None = None
+    lane: Lane = "standard"  # which price `usd_per_image` records: a batch run's rows carry the batch price
 
     @property
     def entry(self) -> ModelEntry | None:
@@ -377,16 +379,19 @@ class ImagePricing:
         return self.offer(size).batch_usd
 
     def usd_per_image(self, size: ImageSize) -> Decimal:
-        """The price a run records and budgets with; refuses when it is unknown, rather than a silent $0."""
-        per_image = self.standard_usd(size)
+        """The price a run records and budgets with, on its lane; refuses an unknown price rather than a silent $0."""
+        if self.lane == "batch":
+            per_image, which, fix = self.batch_usd(size), "batch price", "run it without --batch"
+        else:
+            per_image, which, fix = self.standard_usd(size), "price", "set GEMINI_IMAGE_PRICE_USD (USD per image)"
         if per_image is None:
             raise ConfigurationError(
-                f"image model {self.model} has no {size} price in portrait_pipeline/model_registry.py: "
-                "set GEMINI_IMAGE_PRICE_USD (USD per image) to run it"
+                f"image model {self.model} has no {size} {which} in portrait_pipeline/model_registry.py: "
+                f"{fix} to run it"
             )
         return per_image
 
-    def estimate(self, size: ImageSize, images: int, lane: Literal["standard", "batch"] = "standard") -> Decimal | None:
+    def estimate(self, size: ImageSize, images: int, lane: Lane = "standard") -> Decimal | None:
         per_image = self.standard_usd(size) if lane == "standard" else self.batch_usd(size)
         return None if per_image is None else per_image * images
 
@@ -398,8 +403,8 @@ class ImagePricing:
         return model.output_usd_per_million * output_tokens / 1_000_000
 
 
-def pricing(model: str, configured_usd: Decimal | None = None) -> ImagePricing:
-    return ImagePricing(model, configured_usd)
+def pricing(model: str, configured_usd: Decimal | None = None, lane: Lane = "standard") -> ImagePricing:
+    return ImagePricing(model, configured_usd, lane)
 
 
 def parse_image_size(value: str, model: str = DEFAULT_IMAGE_MODEL) -> ImageSize:

@@ -10,7 +10,14 @@ from portrait_pipeline.audit import db
 from portrait_pipeline.audit.models import Base
 from portrait_pipeline.errors import ConfigurationError, DatabaseNotMigrated
 
-APP_TABLES = {"players", "player_image_snapshots", "player_image_assets", "player_likeness", "generation_leases"}
+APP_TABLES = {
+    "players",
+    "player_image_snapshots",
+    "player_image_assets",
+    "player_likeness",
+    "generation_leases",
+    "batch_jobs",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -76,13 +76,16 @@ def test_schedules_are_off_until_turned_on() -> None:
     assert nba_refresh.cron_schedule == NBA_REFRESH_CRON == "0 6 1 * *"
 
 
+BATCH = {"lane": "batch"}  # the schedules' default lane (PORTRAIT_SCHEDULE_LANE)
+
+
 def test_draft_class_backfill_requests_every_automated_style_of_the_current_class(
     database: DatabaseResource, instance: dg.DagsterInstance
 ) -> None:
     settings = PortraitSettings(current_draft_year=2025, sensor_styles="default,vector")
     add(database, player(1, 2025), player(2, 2025), player(3, 2026))
     result = evaluate(draft_class_backfill, database, settings, instance)
-    config = {"missing_only": True, "cohort": "current_draft_2025"}
+    config = {"missing_only": True, "cohort": "current_draft_2025", "lane": "batch"}  # backfills: half price
     assert result == [
         request("draft_class_backfill", "2025|default", config),
         request("draft_class_backfill", "2025|vector", config),
@@ -122,9 +125,19 @@ def test_nba_refresh_covers_only_active_players(
     )
     result = evaluate(nba_refresh, database, settings, instance)
     assert result == [
-        request("nba_refresh", "2020|default", {"missing_only": True, "player_ids": [1, 3], "cohort": "current_nba"}),
-        request("nba_refresh", "2021|default", {"missing_only": True, "player_ids": [4], "cohort": "current_nba"}),
-        request("nba_refresh", "undrafted|default", {"missing_only": True, "player_ids": [5], "cohort": "current_nba"}),
+        request(
+            "nba_refresh",
+            "2020|default",
+            {"missing_only": True, "player_ids": [1, 3], "cohort": "current_nba", **BATCH},
+        ),
+        request(
+            "nba_refresh", "2021|default", {"missing_only": True, "player_ids": [4], "cohort": "current_nba", **BATCH}
+        ),
+        request(
+            "nba_refresh",
+            "undrafted|default",
+            {"missing_only": True, "player_ids": [5], "cohort": "current_nba", **BATCH},
+        ),
     ]
     assert instance.get_dynamic_partitions("draft_years") == ["2020", "2021", "undrafted"]
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from sqlalchemy import select
 
+from portrait_pipeline.audit import batch_jobs
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.defs import runs
 from portrait_pipeline.defs.assets import player_portraits
@@ -182,6 +184,30 @@ def test_players_with_a_current_image_get_no_request(
     assert result.run_requests == [request("2027|default", 4)]
     assert result.dynamic_partitions_requests == [draft_years.build_add_request(["2026", "2027"])]
     assert result.cursor == cursor(4, 4)
+
+
+def test_players_in_a_pending_batch_job_are_in_progress_not_missing(
+    database: DatabaseResource, settings: PortraitSettings, instance: dg.DagsterInstance
+) -> None:
+    add(database, player(1, 2026, 1), player(2, 2026, 2), player(3, 2027, 3))
+    give_current_image(database, 1)
+    with database.session() as db:  # player 2's and 3's portraits are in a Batch API job that has not ended
+        snapshot_id = db.scalars(select(PlayerImageSnapshot.id)).one()
+        for key, player_id in (("2026|default", 2), ("2027|default", 3)):
+            job = batch_jobs.reserve_job(
+                db,
+                partition_key=key,
+                style="default",
+                snapshot_id=snapshot_id,
+                model="gemini-3-pro-image",
+                image_size="1K",
+                player_ids=[player_id],
+                dagster_run_id=None,
+            )
+            batch_jobs.confirm_job(db, job.id, f"batches/job{player_id}", None)
+        batch_jobs.set_state(db, job.id, "JOB_STATE_SUCCEEDED", collected=True)  # 3's job is collected: missing
+    result = evaluate(database, settings, instance)
+    assert result.run_requests == [request("2027|default", 3)]
 
 
 def test_image_in_another_style_does_not_count(

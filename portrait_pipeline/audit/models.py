@@ -199,3 +199,30 @@ class GenerationLease(Base):
     dagster_run_id: Mapped[str | None] = mapped_column(String(64))  # a run Dagster knows has ended frees its claims
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BatchJobRecord(Base):
+    """A Batch API job of the batch lane, committed before the run waits on it: a rerun, a redeploy or a second
+    run finds it here and collects it instead of paying for its players again. `collected_at` is None while its
+    results have not been stored (its players count as in progress)."""
+
+    __tablename__ = "batch_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # "batches/..."
+    partition_key: Mapped[str] = mapped_column(String(100), index=True)
+    style: Mapped[str] = mapped_column(String(20))
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("player_image_snapshots.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(100))
+    image_size: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(40))  # the API's JOB_STATE_*
+    player_ids: Mapped[str] = mapped_column(Text)  # JSON list of the players its requests cover
+    request_count: Mapped[int] = mapped_column(Integer)
+    input_file: Mapped[str | None] = mapped_column(String(200))  # "files/..." for a JSONL job
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    collected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The run storing its answers right now, until when: two runs never store the same job at once.
+    collector: Mapped[str | None] = mapped_column(String(200))
+    collector_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

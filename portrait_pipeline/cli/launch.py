@@ -48,6 +48,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "run_key": args.run_key,
         "notes": args.notes,
         "grace_period_s": args.grace_period,
+        "lane": "batch" if args.batch else "standard",
     }
 
 

@@ -69,12 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--limit", type=_positive, help="max players to process")
     generate.add_argument("--notes", help="notes for this run")
     generate.add_argument(
+        "--batch", action="store_true", help="through Gemini's Batch API: half the price, results within 24 h"
+    )
+    generate.add_argument(
         "--grace-period",
         type=_seconds,
         default=DEFAULT_GRACE_S,
         metavar="SECONDS",
         help=f"after Ctrl-C/SIGTERM, how long calls in flight may still answer (default {DEFAULT_GRACE_S:g})",
     )
+    batches = commands.add_parser("batch", help="the batch lane's Batch API jobs")
+    batch_commands = batches.add_subparsers(dest="batch_command", required=True, parser_class=_Parser)
+    batch_list = batch_commands.add_parser("list", help="pending and recent jobs: partition, players, age, state, cost")
+    batch_list.add_argument("--limit", type=_positive, default=50, help="at most this many jobs (default 50)")
+    batch_cancel = batch_commands.add_parser("cancel", help="cancel a pending job (its players fail CANCELLED)")
+    batch_cancel.add_argument("job", help='the job\'s name, "batches/..." as `batch list` shows it')
     history = commands.add_parser("history", help="every generation of one player (the admin review)")
     history.add_argument("--player-id", type=int, required=True)
 
@@ -266,6 +275,41 @@ def _generate(
     return summary.exit_status
 
 
+def cmd_batch_list(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.audit import batch_jobs
+    from portrait_pipeline.audit.models import utcnow
+    from portrait_pipeline.generation.batch import estimated_cost
+    from portrait_pipeline.model_registry import usd
+
+    with ctx.database.session() as db:
+        jobs = batch_jobs.recent_jobs(db, args.limit)
+    now = utcnow()
+    print(f"{'job':<34}{'partition':<22}{'players':>8}  {'age':<9}{'state':<22}{'collected':<11}{'batch cost':>11}")
+    for job in jobs:
+        age = now - job.created_at
+        hours, minutes = divmod(int(age.total_seconds()) // 60, 60)
+        print(
+            f"{job.name:<34}{job.partition_key:<22}{job.request_count:>8}  {f'{hours}h{minutes:02d}m':<9}"
+            f"{job.state:<22}{'yes' if job.collected_at else 'pending':<11}{usd(estimated_cost(job), 2):>11}"
+        )
+    pending = [job for job in jobs if job.collected_at is None]
+    print(f"{len(jobs)} job(s), {len(pending)} pending ({sum(job.request_count for job in pending)} players)")
+    return EXIT_OK
+
+
+def cmd_batch_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    from portrait_pipeline.generation.batch import cancel
+
+    if not ctx.resources.gemini.uses_gemini:
+        raise ConfigurationError("batch cancel needs GEMINI_API_KEY")
+    job = cancel(ctx.database.check(), ctx.resources.gemini.client(), args.job)
+    print(
+        f"{job.name} cancelled ({job.request_count} players of {job.partition_key}); "
+        "the next run of the partition records them failed (CANCELLED) and may resubmit them"
+    )
+    return EXIT_OK
+
+
 def cmd_history(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.audit import serving as image_assets_service
 
@@ -422,6 +466,8 @@ COMMANDS = {
     ("players", "import"): cmd_players_import,
     ("players", "list"): cmd_players_list,
     ("generate", None): cmd_generate,
+    ("batch", "list"): cmd_batch_list,
+    ("batch", "cancel"): cmd_batch_cancel,
     ("history", None): cmd_history,
     ("url", None): cmd_url,
     ("promote", None): cmd_promote,

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from portrait_pipeline.defs.resources import (
 )
 from portrait_pipeline.defs.runs import run_has_ended
 from portrait_pipeline.errors import ConfigurationError
+from portrait_pipeline.generation.batch import run_batch_partition
 from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.interrupts import stop_on_signals
@@ -118,16 +120,27 @@ def player_portraits(
             context.log.warning("fetch_likeness ignored: the offline renderer has no vision model (set GEMINI_API_KEY)")
     progress = ProgressLog(context.log)
     # SIGINT/SIGTERM (Ctrl-C, `dagster run terminate`, a k8s stop) let the calls in flight answer and be recorded.
-    with stop_on_signals() as stop, core_logs_to(context.log):
-        result = run_partition(
-            database.check(),
-            generation_service(storage, gemini, likeness, settings),
-            request,
-            max_concurrency=gemini.max_concurrency,
-            run_has_ended=partial(run_has_ended, context.instance),
-            on_outcome=progress,
-            stop=stop,
-        )
+    if request.lane == "batch" and not gemini.uses_gemini:
+        # The schedules default to the batch lane; without Gemini there is no Batch API and nothing to save.
+        context.log.warning("lane batch needs GEMINI_API_KEY: the offline renderer draws these on the standard lane")
+        request = dataclasses.replace(request, lane="standard")
+    if request.lane == "batch":
+        # Submit, wait and collect in this run: the partition materializes when its images are stored.
+        with core_logs_to(context.log):
+            service = generation_service(storage, gemini, likeness, settings)
+            batch = gemini.batch_settings()
+            result = run_batch_partition(database.check(), service, gemini.client(), request, batch, progress)
+    else:
+        with stop_on_signals() as stop, core_logs_to(context.log):
+            result = run_partition(
+                database.check(),
+                generation_service(storage, gemini, likeness, settings),
+                request,
+                max_concurrency=gemini.max_concurrency,
+                run_has_ended=partial(run_has_ended, context.instance),
+                on_outcome=progress,
+                stop=stop,
+            )
     progress.finish()
     for note in result.notes:
         context.log.warning(note)
@@ -223,7 +236,9 @@ def usd_metadata(value: Decimal | None) -> float | str:
 
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
     request = result.plan.request
+    jobs = "\n".join(f"- {note}" for note in result.notes) or "none"
     return {
+        **({"batch_jobs": dg.MetadataValue.md(jobs)} if request.lane == "batch" else {}),
         "generated": len(result.generated),
         "skipped": len(result.plan.skipped),
         "in_progress_elsewhere": len(result.skipped_elsewhere),
@@ -234,6 +249,13 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
             "\n".join(f"- {outcome.display_name}: {outcome.reason}" for outcome in result.failed) or "none"
         ),
         "model": result.plan.model,
+        "lane": request.lane,
+        **(
+            {"batch_jobs": dg.MetadataValue.md("\n".join(f"- {note}" for note in result.notes))}
+            if request.lane == "batch"
+            else {}
+        ),
+        "estimated_batch_cost_usd": usd_metadata(result.plan.estimated_batch_cost_usd),
         "image_size": request.image_size,
         "prompt_version": SYSTEM_PROMPT_VERSION,
         "run_key": result.run_key,

@@ -13,7 +13,7 @@ from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionRequest
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S
-from portrait_pipeline.model_registry import parse_image_size
+from portrait_pipeline.model_registry import Lane, parse_image_size
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
@@ -39,10 +39,16 @@ class PortraitRunConfig(dg.Config):
     claim_ttl_s: float = Field(
         default=DEFAULT_TTL_S, ge=5, description="A dead run's claims on its players expire after this (seconds)"
     )
+    lane: Lane = Field(
+        default="standard",
+        description="standard: interactive calls; batch: one Batch API job at half the price, collected when done",
+    )
 
     @model_validator(mode="after")
     def _likeness_url_is_for_one_player(self) -> PortraitRunConfig:
         check_likeness_url(self.likeness_url, self.player_ids)
+        if self.lane == "batch" and (self.fetch_likeness or self.likeness_url):
+            raise InvalidInput("--batch (lane batch) with --fetch-likeness: the batch lane has no likeness step yet")
         return self
 
     def run_config(self) -> dict[str, Any]:
@@ -72,6 +78,7 @@ def partition_request(
         max_consecutive_failures=config.max_consecutive_failures,
         grace_s=config.grace_period_s,
         claim_ttl_s=config.claim_ttl_s,
+        lane=config.lane,
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
 from portrait_pipeline.errors import ConfigurationError, InvalidInput
+from portrait_pipeline.generation.batch import BatchSettings
 from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy, check_model
 from portrait_pipeline.generation.offline import OfflineRenderer
 from portrait_pipeline.generation.player import ImageGenerationService
@@ -33,6 +34,7 @@ from portrait_pipeline.model_registry import (
     DEFAULT_VISION_MODEL,
     ImagePricing,
     ImageSize,
+    Lane,
     ModelKind,
 )
 from portrait_pipeline.storage import ImageStorage, LocalImageStorage, S3ImageStorage
@@ -110,11 +112,29 @@ class GeminiResource(dg.ConfigurableResource):
         default=900.0, ge=0, description="How long a call waits out 429s before they use up its attempts"
     )
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
+    batch_poll_initial_s: float = Field(default=30.0, gt=0, description="Batch lane: first wait between polls")
+    batch_poll_max_s: float = Field(default=600.0, gt=0, description="Batch lane: longest wait between polls")
+    batch_max_requests_per_job: int = Field(default=200, ge=1, description="Batch lane: players per job")
+    batch_inline_limit_bytes: int = Field(
+        default=8_000_000,
+        ge=1,
+        le=20_000_000,
+        description="Batch lane: requests above this go as a JSONL file (the API caps inline requests at 20 MB)",
+    )
 
     _client: GeminiClient | None = PrivateAttr(default=None)
     # (kind, model) -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its
     # own copy of the resource). Reassigned, never mutated, so copies never share it.
     _checked: dict[tuple[str, str], tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(
+            max_requests_per_job=self.batch_max_requests_per_job,
+            inline_limit_bytes=self.batch_inline_limit_bytes,
+            poll_initial_s=self.batch_poll_initial_s,
+            poll_max_s=self.batch_poll_max_s,
+            max_concurrency=self.max_concurrency,
+        )
 
     @property
     def uses_gemini(self) -> bool:
@@ -307,6 +327,10 @@ class PortraitSettings(dg.ConfigurableResource):
     review_url: str | None = Field(
         default=None, description="PORTRAIT_REVIEW_URL: where `portrait-pipeline review serve` is reachable"
     )
+    schedule_lane: Lane = Field(
+        default="batch", description="PORTRAIT_SCHEDULE_LANE: the schedules' backfills (batch: half price, within 24 h)"
+    )
+    sensor_lane: Lane = Field(default="standard", description="PORTRAIT_SENSOR_LANE: the new-prospects sensor's runs")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
@@ -354,6 +378,8 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "sensor_styles": "PORTRAIT_SENSOR_STYLES",
         "require_review": "PORTRAIT_REQUIRE_REVIEW",
         "review_url": "PORTRAIT_REVIEW_URL",
+        "schedule_lane": "PORTRAIT_SCHEDULE_LANE",
+        "sensor_lane": "PORTRAIT_SENSOR_LANE",
     },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},

@@ -71,7 +71,7 @@ def draft_class_backfill(
     if not by_year:
         return dg.SkipReason(f"no players in the {year} draft class: import the roster first")
     ensure_draft_years(context.instance, list(by_year))
-    config = PortraitRunConfig(missing_only=True, cohort=selection.label(year))
+    config = PortraitRunConfig(missing_only=True, cohort=selection.label(year), lane=settings.schedule_lane)
     return [
         tick_run_request("draft_class_backfill", context.scheduled_execution_time, key, style, config)
         for key in by_year
@@ -103,7 +103,7 @@ def nba_refresh(
             context.scheduled_execution_time,
             key,
             style,
-            PortraitRunConfig(missing_only=True, player_ids=ids, cohort=label),
+            PortraitRunConfig(missing_only=True, player_ids=ids, cohort=label, lane=settings.schedule_lane),
         )
         for key, ids in by_year.items()
         for style in settings.automated_styles()

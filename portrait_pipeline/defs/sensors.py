@@ -11,6 +11,7 @@ import dagster as dg
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit import batch_jobs
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, as_utc
 from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current, is_pending_review
 from portrait_pipeline.defs.assets import player_portraits
@@ -19,6 +20,7 @@ from portrait_pipeline.defs.partitions import draft_years, portrait_partition_ke
 from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
 from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.model_registry import Lane
 from portrait_pipeline.naming import partition_label
 from portrait_pipeline.styles import Style
 
@@ -109,8 +111,8 @@ def changed_draft_years(session: Session, since: ChangeCursor | None, through: C
 
 
 def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -> dict[str, tuple[int, bool]]:
-    """Per draft year: how many players lack a current image in `style` (and have none pending review), and whether
-    any of them has a reference."""
+    """Per draft year: how many players lack a current image in `style` (and have none pending review nor in a
+    pending batch job), and whether any of them has a reference."""
     if not keys:
         return {}
     has_current = exists().where(PlayerImageAsset.player_id == Player.id, is_current(style) | is_pending_review(style))
@@ -119,6 +121,9 @@ def missing_by_draft_year(session: Session, keys: Sequence[str], style: Style) -
         .where(in_draft_years(Player.draft_year, keys), ~has_current)
         .group_by(Player.draft_year)
     )
+    in_progress = batch_jobs.players_in_pending_jobs(session, style)  # a batch job will store their images
+    if in_progress:
+        query = query.where(Player.id.not_in(sorted(in_progress)))
     return {draft_year_key(year): (missing, refs > 0) for year, missing, refs in session.execute(query)}
 
 
@@ -140,9 +145,11 @@ def pending_partitions(session: Session, since: ChangeCursor | None, styles: Seq
     return PendingPartitions(draft_year_keys=keys, needs=needs, cursor=through)
 
 
-def run_request(need: PartitionNeed) -> dg.RunRequest:
+def run_request(need: PartitionNeed, lane: Lane = "standard") -> dg.RunRequest:
     """Missing-only, so a run that starts late or twice only fills the gaps still open."""
     config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference)
+    if lane != "standard" and not need.with_reference:  # only what differs; likeness runs on the standard lane
+        config = PortraitRunConfig(missing_only=True, fetch_likeness=need.with_reference, lane=lane)
     return dg.RunRequest(
         run_key=need.run_key,
         partition_key=portrait_partition_key(need.draft_year_key, need.style),
@@ -174,7 +181,7 @@ def new_prospects_sensor(
         missing = sum(need.missing for need in pending.needs)
         context.log.info(f"{len(pending.needs)} partitions have {missing} players without a current portrait")
     return dg.SensorResult(
-        run_requests=[run_request(need) for need in pending.needs],
+        run_requests=[run_request(need, settings.sensor_lane) for need in pending.needs],
         skip_reason=None if pending.needs else "every changed player already has a current portrait",
         dynamic_partitions_requests=[draft_years.build_add_request(new_years)] if new_years else [],
         cursor=pending.cursor.to_json(),

@@ -226,8 +226,9 @@ async def _generate_claimed(
 
 
 def _has_current(engine: Engine, job: BatchJob, player_id: int) -> bool:
+    """A current image, or a new one waiting for review: missing_only leaves either alone."""
     with session_scope(engine) as db:
-        return bool(queries.players_with_current_image(db, job.style, [player_id]))
+        return bool(queries.players_with_image_or_pending(db, job.style, [player_id]))
 
 
 async def _renew_claims(engine: Engine, claims: Claims) -> None:

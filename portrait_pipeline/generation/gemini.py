@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
@@ -67,13 +70,13 @@ class GeminiClient:
     def __repr__(self) -> str:  # never the key
         return f"GeminiClient(requests_per_minute={self.requests_per_minute})"
 
-    def _sync_retry_policy(self) -> dict[str, Any]:
+    def _sync_retry_policy(self, retryable: Callable[[BaseException], bool] | None = None) -> dict[str, Any]:
         # Outside a run's loop there is no pacer to wait out 429s: each one counts and waits its RetryInfo.
         attempts = _Attempts(replace(self.retry, quota_wait_s=0))
         return {
             "stop": attempts.stop,
             "wait": attempts.wait,
-            "retry": retry_if_exception(is_retryable),
+            "retry": retry_if_exception(retryable or is_retryable),
             "reraise": True,
         }
 
@@ -99,11 +102,12 @@ class GeminiClient:
             raise _failure(exc, attempt.retry_state.attempt_number) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def call_sync(self, request: Callable[[], T]) -> T:
-        """`call` for the few requests made before a run's event loop (the preflight's `models.get`), with the
-        same retries; outside the rate limiter, which lives in that loop (one request per model per run)."""
+    def call_sync(self, request: Callable[[], T], retryable: Callable[[BaseException], bool] | None = None) -> T:
+        """`call` for the few requests made outside a run's event loop (the preflight's `models.get`, the Batch
+        API's create and polls), with the same retries (or only those `retryable` allows); outside the rate limiter,
+        which lives in that loop."""
         try:
-            for attempt in Retrying(**self._sync_retry_policy()):
+            for attempt in Retrying(**self._sync_retry_policy(retryable)):
                 with attempt:
                     return request()
         except (genai_errors.APIError, httpx2.HTTPError) as exc:
@@ -191,17 +195,21 @@ class GeminiRenderer:
         self.pricing = pricing
 
     async def render(self, request: RenderRequest) -> RenderedImage:
-        api_size = self.pricing.api_size(request.size)
-        config = types.GenerateContentConfig(
-            system_instruction=request.system_prompt,
-            response_modalities=["IMAGE"],
-            image_config=types.ImageConfig(aspect_ratio="4:5", image_size=api_size),
-        )
+        config = content_config(self.pricing, request)
         sdk = self._client.sdk
         response = await self._client.call(
             lambda: sdk.aio.models.generate_content(model=self.model, contents=request.user_prompt, config=config)
         )
         return image_from(response)
+
+
+def content_config(pricing: ImagePricing, request: RenderRequest) -> types.GenerateContentConfig:
+    """A portrait's generation config: the same for a standard call and a batch job's request."""
+    return types.GenerateContentConfig(
+        system_instruction=request.system_prompt,
+        response_modalities=["IMAGE"],
+        image_config=types.ImageConfig(aspect_ratio="4:5", image_size=pricing.api_size(request.size)),
+    )
 
 
 class GeminiDescriber:
@@ -279,3 +287,139 @@ def check_model(client: GeminiClient, model: str, kind: ModelKind, today: date) 
             "is not in portrait_pipeline/model_registry.py: the API has it, but no lifecycle dates are known"
         )
     return warnings
+
+
+# The Batch API (ai.google.dev/gemini-api/docs/batch-api, read 2026-11-29): the same GenerateContentRequests at 50%
+# of the price, a 24 h turnaround target; inline requests are capped at 20 MB in total, a JSONL input file (through
+# the Files API) at 2 GB; a job pending or running for more than 48 h ends JOB_STATE_EXPIRED. `batches.create` is
+# not idempotent (the same request twice is two jobs), so it is retried only on 429, which creates nothing.
+ENDED_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
+INLINE_LIMIT_BYTES = 20_000_000
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    name: str  # "batches/..."
+    input_file: str | None  # "files/..." when the requests went as a JSONL file
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """A job as one poll saw it; `answers` (by request key: an image, or why there is none) once it succeeded."""
+
+    name: str
+    state: str
+    done: bool
+    answers: Mapping[str, RenderedImage | str] | None = None
+
+
+def _only_rejections(exc: BaseException) -> bool:
+    return isinstance(exc, genai_errors.APIError) and exc.code == 429
+
+
+def submit_batch(
+    client: GeminiClient,
+    pricing: ImagePricing,
+    requests: Sequence[RenderRequest],
+    display_name: str,
+    inline_limit_bytes: int,
+) -> BatchSubmission:
+    """One job for `requests`, each keyed by its player id: inline when small, else a JSONL file (Files API)."""
+    lines = [_jsonl_line(pricing, request) for request in requests]
+    sdk = client.sdk
+    if sum(len(line) for line in lines) <= inline_limit_bytes:
+        inline = [
+            types.InlinedRequest(
+                contents=request.user_prompt,
+                config=content_config(pricing, request),
+                metadata={"key": str(request.player_id)},
+            )
+            for request in requests
+        ]
+        created = client.call_sync(
+            lambda: sdk.batches.create(model=pricing.model, src=inline, config={"display_name": display_name}),
+            _only_rejections,
+        )
+        return BatchSubmission(_name(created.name), None)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "requests.jsonl"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        upload = types.UploadFileConfig(display_name=display_name, mime_type="jsonl")
+        uploaded = client.call_sync(lambda: sdk.files.upload(file=path, config=upload))
+    file_name = _name(uploaded.name)
+    created = client.call_sync(
+        lambda: sdk.batches.create(model=pricing.model, src=file_name, config={"display_name": display_name}),
+        _only_rejections,
+    )
+    return BatchSubmission(_name(created.name), file_name)
+
+
+def _jsonl_line(pricing: ImagePricing, request: RenderRequest) -> str:
+    """One JSONL input line ({"key", "request"}): the GenerateContentRequest of `content_config`, as REST JSON."""
+    config = content_config(pricing, request)
+    image = config.image_config
+    generation: dict[str, Any] = {"responseModalities": config.response_modalities}
+    if image is not None:
+        generation["imageConfig"] = image.model_dump(by_alias=True, exclude_none=True)
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": request.user_prompt}]}],
+        "systemInstruction": {"parts": [{"text": request.system_prompt}]},
+        "generationConfig": generation,
+    }
+    return json.dumps({"key": str(request.player_id), "request": body})
+
+
+def poll_batch(client: GeminiClient, name: str) -> BatchStatus:
+    """The job's state; once it succeeded, every request's answer read like a standard one (`image_from`)."""
+    sdk = client.sdk
+    job = client.call_sync(lambda: sdk.batches.get(name=name))
+    state = job.state.name if job.state else "JOB_STATE_UNSPECIFIED"
+    if state != "JOB_STATE_SUCCEEDED":
+        return BatchStatus(name, state, state in ENDED_STATES)
+    answers: dict[str, RenderedImage | str] = {}
+    dest = job.dest
+    if dest is not None and dest.inlined_responses:
+        for index, item in enumerate(dest.inlined_responses):
+            key = str((item.metadata or {}).get("key", index))
+            answers[key] = _answer(item.response, item.error.message if item.error else None, item.error)
+    elif dest is not None and dest.file_name:
+        file_name = dest.file_name
+        data = client.call_sync(lambda: sdk.files.download(file=file_name))
+        for line in data.decode("utf-8").splitlines():
+            if line.strip():
+                item = json.loads(line)
+                error = item.get("error") or item.get("status")
+                found = item.get("response")
+                response = types.GenerateContentResponse.model_validate(found) if found is not None else None
+                answers[str(item.get("key"))] = _answer(response, (error or {}).get("message"), error)
+    return BatchStatus(name, state, True, answers)
+
+
+def _answer(response: types.GenerateContentResponse | None, message: str | None, error: object) -> RenderedImage | str:
+    if error is not None or response is None:
+        code = getattr(error, "code", None) or (error.get("code") if isinstance(error, dict) else None)
+        return f"the batch job answered this request with error {code or ''}: {message or 'no reason given'}".replace(
+            "  ", " "
+        )
+    try:
+        return image_from(response)
+    except GenerationFailed as exc:
+        return str(exc)
+
+
+def batch_names_by_display_name(client: GeminiClient) -> dict[str, str]:
+    """Every job the API lists for this key, display name -> name (a run that died may have created one)."""
+    sdk = client.sdk
+    jobs = client.call_sync(lambda: list(sdk.batches.list(config={"page_size": 100})))
+    return {job.display_name: job.name for job in jobs if job.display_name and job.name}
+
+
+def cancel_batch(client: GeminiClient, name: str) -> None:
+    sdk = client.sdk
+    client.call_sync(lambda: sdk.batches.cancel(name=name))
+
+
+def _name(name: str | None) -> str:
+    if not name:
+        raise GenerationFailed("the Batch API answered without a name")
+    return name

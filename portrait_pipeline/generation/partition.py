@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline import images, naming
-from portrait_pipeline.audit import leases, queries, serving
+from portrait_pipeline.audit import batch_jobs, leases, queries, serving
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player
@@ -30,7 +30,7 @@ from portrait_pipeline.generation.engine import (
 )
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, StopRequest
-from portrait_pipeline.model_registry import ImagePricing, ImageSize
+from portrait_pipeline.model_registry import ImagePricing, ImageSize, Lane
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
@@ -58,6 +58,7 @@ class PartitionRequest:
     max_consecutive_failures: int | None = DEFAULT_LIMITS.max_consecutive_failures  # the circuit breaker
     grace_s: float = DEFAULT_GRACE_S  # after a stop signal, how long calls in flight may still answer
     claim_ttl_s: float = leases.DEFAULT_TTL_S  # how long a dead run's claims keep other runs off its players
+    lane: Lane = "standard"  # batch: through the Batch API (generation/batch.py) at the batch price
 
     @property
     def partition_key(self) -> str:
@@ -179,6 +180,9 @@ def plan_partition(
     """Who this run would generate and who `missing_only` skips; writes nothing."""
     players = queries.players_in_draft_year(db, request.draft_year_key, request.player_ids)
     done = has_image(db, storage, players, request.style) if request.missing_only else set()
+    if request.missing_only or request.lane == "batch":
+        # In progress: a batch job has their requests and will store their images; never pay for them twice.
+        done |= batch_jobs.players_in_pending_jobs(db, request.style, [player.id for player in players])
     to_generate = [_ref(player) for player in players if player.id not in done]
     skipped = [_ref(player) for player in players if player.id in done]
     if request.limit is not None:
@@ -209,7 +213,7 @@ def run_partition(
         freed = leases.release_claims_of_ended_runs(db, run_has_ended) if run_has_ended else 0
         sheet = images.ContactSheet(capacity=len(queries.players_in_draft_year(db, request.draft_year_key)))
         plan = plan_partition(db, service.storage, request, pricing)
-        snapshot = audit.start_snapshot(db, _snapshot_spec(plan, run_key, per_image * len(plan.to_generate)))
+        snapshot = audit.start_snapshot(db, snapshot_spec(plan, run_key, per_image * len(plan.to_generate)))
         snapshot_id, version = snapshot.id, snapshot.version
         notes = [
             f"snapshot {old.run_key} v{old.version} was left running by run {old.dagster_run_id}, which has ended: "
@@ -234,24 +238,39 @@ def run_partition(
         stopped=batch.stopped,
         notes=notes,
     )
-    try:
-        with session_scope(engine) as db:
-            skipped = len(plan.skipped) + len(result.skipped_elsewhere)
-            audit.finish_snapshot(db, snapshot_id, skipped=skipped, status=_status(batch))
-            result.portraits = serving.current_portraits(db, service.storage, request.draft_year_key, request.style)
-    except SQLAlchemyError as exc:
-        # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
-        reason = str(exc).splitlines()[0]
-        result.closing_error = (
-            f"the database failed while closing snapshot {snapshot_id}: {exc.__class__.__name__}: {reason}"
-        )
-    if result.failure is None and result.portraits:
-        result.contact_sheet, result.preview_png = _contact_sheet(service.storage, request, result.portraits, sheet)
+    skipped = len(plan.skipped) + len(result.skipped_elsewhere)
+    close_partition(engine, service.storage, result, sheet, {snapshot_id: (skipped, status_of(batch))})
     result.wall_time_s = time.monotonic() - started
     return result
 
 
-def _snapshot_spec(plan: PartitionPlan, run_key: str, estimated_cost_usd: Decimal) -> audit.SnapshotSpec:
+def close_partition(
+    engine: Engine,
+    storage: ImageStorage,
+    result: PartitionResult,
+    sheet: images.ContactSheet,
+    snapshots: dict[int, tuple[int, str]],
+) -> None:
+    """Close the run's snapshots (id -> skipped, status), read the partition's current portraits and compose its
+    contact sheet: the end of a run on either lane."""
+    request = result.plan.request
+    try:
+        with session_scope(engine) as db:
+            for snapshot_id, (skipped, status) in snapshots.items():
+                audit.finish_snapshot(db, snapshot_id, skipped=skipped, status=status)
+            result.portraits = serving.current_portraits(db, storage, request.draft_year_key, request.style)
+    except SQLAlchemyError as exc:
+        # The outcomes are in memory: the run still ends with its summary, and says why the snapshot stayed open.
+        reason = str(exc).splitlines()[0]
+        result.closing_error = (
+            f"the database failed while closing snapshot(s) {', '.join(map(str, snapshots))}: "
+            f"{exc.__class__.__name__}: {reason}"
+        )
+    if result.failure is None and result.portraits:
+        result.contact_sheet, result.preview_png = _contact_sheet(storage, request, result.portraits, sheet)
+
+
+def snapshot_spec(plan: PartitionPlan, run_key: str, estimated_cost_usd: Decimal) -> audit.SnapshotSpec:
     request = plan.request
     return audit.SnapshotSpec(
         run_key=run_key,
@@ -280,7 +299,7 @@ def _contact_sheet(
     return stored, images.thumbnail_png(composed, PREVIEW_WIDTH)
 
 
-def _status(batch: BatchResult) -> str:
+def status_of(batch: BatchResult) -> str:
     if batch.stopped:
         if batch.stopped.startswith("interrupted"):
             return "interrupted"

@@ -69,7 +69,7 @@ class ImageGenerationService:
         guidance = corrects.guidance if corrects else None
         attempt = _Attempt(
             started=time.monotonic(),
-            prompt=user_prompt(player.display_name, player.position, player.school, None, guidance),
+            prompt=player_prompt(player, None, guidance),
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
             guidance=guidance,
             replaces_asset_id=corrects.id if corrects else None,
@@ -109,17 +109,8 @@ class ImageGenerationService:
         if attempt.reference_url and self.likeness is not None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
-            attempt.prompt = user_prompt(
-                player.display_name, player.position, player.school, description, attempt.guidance
-            )
-        request = RenderRequest(
-            player_id=player.id,
-            seed=f"{player.id}:{player.slug}",
-            style=style,
-            system_prompt=system_prompt(style),
-            user_prompt=attempt.prompt,
-            size=image_size,
-        )
+            attempt.prompt = player_prompt(player, description, attempt.guidance)
+        request = render_request(player, style, image_size, attempt.prompt)
         rendered = await unless_aborted(interruption, self.renderer.render(request), CALL_CANCELLED)
         provenance = {
             "portrait:player_id": str(player.id),
@@ -162,6 +153,23 @@ class ImageGenerationService:
             cost_usd=attempt.cost,
             replaces_asset_id=attempt.replaces_asset_id,
         )
+
+
+def player_prompt(player: Player, likeness_description: str | None, guidance: str | None = None) -> str:
+    """A player's user prompt: the one both lanes send (and the audit row records)."""
+    return user_prompt(player.display_name, player.position, player.school, likeness_description, guidance)
+
+
+def render_request(player: Player, style: Style, image_size: ImageSize, prompt: str) -> RenderRequest:
+    """What one player's portrait asks the model for, on either lane (the batch lane sends it inside a job)."""
+    return RenderRequest(
+        player_id=player.id,
+        seed=f"{player.id}:{player.slug}",
+        style=style,
+        system_prompt=system_prompt(style),
+        user_prompt=prompt,
+        size=image_size,
+    )
 
 
 def _finish(
