@@ -65,7 +65,7 @@ class ImageGenerationService:
         An `interruption` that aborts the run cancels the call or the storing; the row says which, with the cost.
         """
         # A reviewer rejected the player's latest image: this one corrects it, with the reviewer's guidance as data.
-        corrects = await asyncio.to_thread(queries.correction_for, db, player.id, style)
+        corrects = await asyncio.to_thread(_correction_for, db, player.id, style)
         guidance = corrects.guidance if corrects else None
         attempt = _Attempt(
             started=time.monotonic(),
@@ -153,6 +153,14 @@ class ImageGenerationService:
             cost_usd=attempt.cost,
             replaces_asset_id=attempt.replaces_asset_id,
         )
+
+
+def _correction_for(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
+    """The rejected image this generation corrects, if any; the read's transaction ends here, so the connection goes
+    back to the pool before the call (a batch has more calls in flight than the pool has connections)."""
+    corrects = queries.correction_for(db, player_id, style)
+    db.commit()
+    return corrects
 
 
 def player_prompt(player: Player, likeness_description: str | None, guidance: str | None = None) -> str:
