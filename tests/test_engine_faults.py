@@ -445,7 +445,9 @@ def test_a_database_fault_mid_run_fails_those_players_trips_the_breaker_and_the_
     assert metadata["stopped"] == "circuit breaker: 2 consecutive failures, no new calls started"
     assert metadata["generated"] == 3 and metadata["failed"] >= 2 and metadata["not_started"] >= 1
     assert "player_image_assets" in metadata["failures"]  # the database's own words, per player
-    assert len(image_calls(server)) == metadata["generated"] + metadata["failed"]  # nothing started after
+    # Nothing started after the breaker: the not-started players made no call. (A player whose first database read
+    # fails now fails before its call, unpaid, so failed players may have made none.)
+    assert metadata["generated"] < len(image_calls(server)) <= metadata["generated"] + metadata["failed"]
     assert committed_images(database) == 3
 
 
