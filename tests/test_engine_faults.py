@@ -442,7 +442,10 @@ def test_a_database_fault_mid_run_fails_those_players_trips_the_breaker_and_the_
     failure = result.failure_data_for_node("player_portraits")
     assert failure is not None and failure.user_failure_data is not None
     metadata: dict[str, Any] = {key: value.value for key, value in failure.user_failure_data.metadata.items()}
-    assert metadata["stopped"] == "circuit breaker: 2 consecutive failures, no new calls started"
+    # The breaker trips at the limit (2); a player already storing when it trips may fail too, so the count at the
+    # moment it stops starting calls can be above the limit.
+    tripped = re.fullmatch(r"circuit breaker: (\d+) consecutive failures, no new calls started", metadata["stopped"])
+    assert tripped is not None and int(tripped.group(1)) >= 2
     assert metadata["generated"] == 3 and metadata["failed"] >= 2 and metadata["not_started"] >= 1
     assert "player_image_assets" in metadata["failures"]  # the database's own words, per player
     # Nothing started after the breaker: the not-started players made no call. (A player whose first database read
