@@ -17,6 +17,9 @@ APP_TABLES = {
     "player_likeness",
     "generation_leases",
     "batch_jobs",
+    "call_pacing",
+    "image_quality_scores",
+    "prompt_experiments",
 }
 
 

@@ -24,6 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 REVIEW_STATUSES = (PENDING, APPROVED, REJECTED)
+DEFAULT_VARIANT = "default"  # the prompt as prompts.py has it; experiments add named variants
+SCORED, NOT_SCORED = "scored", "not_scored"  # a quality score, or the reason there is none
 
 
 def utcnow() -> datetime:
@@ -104,6 +106,7 @@ class PlayerImageSnapshot(Base):
     status: Mapped[str] = mapped_column(String(20), default="running")
     dagster_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
     partition_key: Mapped[str | None] = mapped_column(String(100))
+    prompt_variant: Mapped[str] = mapped_column(String(40), default=DEFAULT_VARIANT, server_default=DEFAULT_VARIANT)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -145,6 +148,7 @@ class PlayerImageAsset(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(100))
     system_prompt_version: Mapped[str] = mapped_column(String(20))
+    prompt_variant: Mapped[str] = mapped_column(String(40), default=DEFAULT_VARIANT, server_default=DEFAULT_VARIANT)
     content_sha256: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
@@ -226,3 +230,57 @@ class BatchJobRecord(Base):
     # The run storing its answers right now, until when: two runs never store the same job at once.
     collector: Mapped[str | None] = mapped_column(String(200))
     collector_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CallPacing(Base):
+    """The next free start time (time.time()) for Gemini calls of one quota, shared by every process: runs the
+    daemon launches at once take their start times from this row, so together they keep one rate. `quota` is a
+    digest that tells quotas apart (see generation/pacing.py), never a key."""
+
+    __tablename__ = "call_pacing"
+
+    quota: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ImageQualityScore(Base):
+    """A judge model's scoring of one stored image against the rubric (status `scored`), or why it was not scored
+    (status `not_scored`, `reason`: offline renderer, judge error, safety block): never a made-up score.
+    `criteria` is a JSON list of {"name", "passed", "reason"}; `passed` is the score against the threshold then."""
+
+    __tablename__ = "image_quality_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("player_image_assets.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    score: Mapped[int | None] = mapped_column(Integer)  # 0-100
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    criteria: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    judge_model: Mapped[str | None] = mapped_column(String(100))
+    rubric_version: Mapped[str] = mapped_column(String(20))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(12, 6), default=Decimal("0"), server_default="0")
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PromptExperiment(Base):
+    """A prompt experiment: the same sample of players generated under each named variant (JSON lists), and the
+    last report (JSON) computed from the audit rows."""
+
+    __tablename__ = "prompt_experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    draft_year: Mapped[int | None] = mapped_column(Integer)
+    style: Mapped[str] = mapped_column(String(20))
+    variants: Mapped[str] = mapped_column(Text)
+    player_ids: Mapped[str] = mapped_column(Text)
+    lane: Mapped[str] = mapped_column(String(20))
+    report: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
