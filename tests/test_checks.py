@@ -213,7 +213,7 @@ def test_checks_pass_in_the_run_that_materializes_a_good_partition(
     )
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert sorted(evaluations) == ["coverage", "failure_rate", "images_valid", "pending_review"]
+    assert sorted(evaluations) == ["coverage", "failure_rate", "images_valid", "pending_review", "quality"]
     assert all(e.passed for e in evaluations.values())
     assert all(e.partition == "2025|default" for e in evaluations.values())
     assert evaluations["images_valid"].metadata["checked"].value == 20

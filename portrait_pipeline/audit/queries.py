@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+import statistics
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from portrait_pipeline.audit.models import PENDING, REJECTED, Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import (
+    NOT_SCORED,
+    PENDING,
+    REJECTED,
+    SCORED,
+    ImageQualityScore,
+    Player,
+    PlayerImageAsset,
+    PlayerImageSnapshot,
+)
 from portrait_pipeline.errors import InvalidInput
 
 UNDRAFTED = "undrafted"
@@ -174,3 +187,141 @@ def latest_snapshot(db: Session, draft_year_key: str, style: str) -> PlayerImage
 
 def snapshot_of_run(db: Session, dagster_run_id: str) -> PlayerImageSnapshot | None:
     return db.scalar(select(PlayerImageSnapshot).where(PlayerImageSnapshot.dagster_run_id == dagster_run_id))
+
+
+# --- quality scores (the judge's rows) ------------------------------------------------------------------------
+
+NO_SCORE_ROW = "no score recorded"  # an image the judge never saw: made before it, or its row was not written
+
+
+def latest_scores(db: Session, asset_ids: Collection[int]) -> dict[int, ImageQualityScore]:
+    """Asset id → its score: the newest score row of each asset (a rescore replaces the earlier verdict)."""
+    if not asset_ids:
+        return {}
+    newest = (
+        select(func.max(ImageQualityScore.id))
+        .where(ImageQualityScore.asset_id.in_(asset_ids))
+        .group_by(ImageQualityScore.asset_id)
+    )
+    return {row.asset_id: row for row in db.scalars(select(ImageQualityScore).where(ImageQualityScore.id.in_(newest)))}
+
+
+@dataclass(frozen=True)
+class FailedCriterion:
+    name: str
+    reason: str
+
+
+def failed_criteria(score: ImageQualityScore) -> list[FailedCriterion]:
+    """The rubric criteria the judge failed the image on, in rubric order, with its reasons."""
+    entries = json.loads(score.criteria) if score.criteria else []
+    return [
+        FailedCriterion(str(entry.get("name", "?")), str(entry.get("reason") or "no reason given"))
+        for entry in entries
+        if not entry.get("passed")
+    ]
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """One image and its latest score as the audit has it; `score` None when it was not scored (see `reason`)."""
+
+    asset_id: int
+    player_id: int
+    display_name: str
+    image_url: str | None
+    score: int | None
+    passed: bool | None
+    failed: list[FailedCriterion]
+    reason: str | None  # why there is no score
+
+    @classmethod
+    def of(cls, asset: PlayerImageAsset, player: Player, row: ImageQualityScore | None) -> ImageQuality:
+        unscored = cls(asset.id, player.id, player.display_name, asset.public_url, None, None, [], NO_SCORE_ROW)
+        if row is None:
+            return unscored
+        if row.status != SCORED or row.score is None:
+            reason = (row.reason or "no reason recorded") if row.status == NOT_SCORED else f"status {row.status!r}"
+            return replace(unscored, reason=reason)
+        return replace(unscored, score=row.score, passed=bool(row.passed), failed=failed_criteria(row), reason=None)
+
+
+@dataclass(frozen=True)
+class PartitionQuality:
+    """The latest scores of the images a partition's latest snapshot produced."""
+
+    snapshot_id: int
+    run_key: str
+    version: int
+    images: list[ImageQuality]
+
+    @property
+    def scored(self) -> list[ImageQuality]:
+        return [image for image in self.images if image.score is not None]
+
+    @property
+    def scores(self) -> list[int]:
+        return [image.score for image in self.images if image.score is not None]
+
+    @property
+    def not_scored(self) -> Counter[str]:
+        """Why images have no score → how many."""
+        return Counter(image.reason or NO_SCORE_ROW for image in self.images if image.score is None)
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Passed over scored; None when nothing was scored (there is no rate to report)."""
+        scored = self.scored
+        return sum(bool(image.passed) for image in scored) / len(scored) if scored else None
+
+    def histogram(self) -> list[tuple[str, int]]:
+        """Scored images per 10-point bucket, 0-9 up to 90-100 (100 joins the top bucket)."""
+        counts = Counter(min(score // 10, 9) for score in self.scores)
+        return [(f"{10 * b}-{10 * b + 9 if b < 9 else 100}", counts[b]) for b in range(10)]
+
+    def worst(self, limit: int) -> list[ImageQuality]:
+        """The lowest-scored images, lowest first (ties by asset id)."""
+        return sorted(self.scored, key=lambda image: (image.score, image.asset_id))[:limit]
+
+    def summary(self) -> dict[str, float]:
+        """Mean, min and median score; empty when nothing was scored."""
+        scores = self.scores
+        if not scores:
+            return {}
+        return {"mean": statistics.fmean(scores), "min": min(scores), "median": statistics.median(scores)}
+
+
+def partition_quality(db: Session, draft_year_key: str, style: str) -> PartitionQuality | None:
+    """The scores of the images the partition's latest snapshot stored (what its last run made, pending review or
+    live); None before any finished run."""
+    snapshot = latest_snapshot(db, draft_year_key, style)
+    if snapshot is None:
+        return None
+    rows = db.execute(
+        select(PlayerImageAsset, Player)
+        .join(Player, Player.id == PlayerImageAsset.player_id)
+        .where(PlayerImageAsset.snapshot_id == snapshot.id, PlayerImageAsset.status == "succeeded")
+        .order_by(Player.id, PlayerImageAsset.id)
+    ).all()
+    scores = latest_scores(db, [asset.id for asset, _ in rows])
+    images = [ImageQuality.of(asset, player, scores.get(asset.id)) for asset, player in rows]
+    return PartitionQuality(snapshot.id, snapshot.run_key, snapshot.version, images)
+
+
+def latest_by_variant(db: Session, player_ids: Collection[int]) -> dict[tuple[int, str], list[PlayerImageAsset]]:
+    """(player id, style) → the newest generated image under each prompt variant, by variant name: what a prompt
+    experiment made of the player, to compare side by side."""
+    if not player_ids:
+        return {}
+    newest = (
+        select(func.max(PlayerImageAsset.id))
+        .where(PlayerImageAsset.player_id.in_(player_ids), PlayerImageAsset.status == "succeeded")
+        .group_by(PlayerImageAsset.player_id, PlayerImageAsset.style, PlayerImageAsset.prompt_variant)
+    )
+    rows = db.scalars(
+        select(PlayerImageAsset).where(PlayerImageAsset.id.in_(newest)).order_by(PlayerImageAsset.prompt_variant)
+    )
+    variants: dict[tuple[int, str], list[PlayerImageAsset]] = {}
+    for asset in rows:
+        variants.setdefault((asset.player_id, asset.style), []).append(asset)
+    return variants

@@ -3,6 +3,7 @@
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from sqlalchemy import select
@@ -22,6 +23,7 @@ from portrait_pipeline.storage import ImageStorage, sha256_hex
 warnings.filterwarnings("ignore", message=r".*partitions_def on an AssetCheckSpec is currently in preview")
 
 METADATA_ROWS = 50  # longer lists are cut: check metadata is for reading, the audit rows hold everything
+WORST_IMAGES = 5  # the quality check lists this many of the lowest-scored images
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,85 @@ def pending_review(
     )
 
 
-portrait_checks = [images_valid, failure_rate_check, coverage, pending_review]
+# Named explicitly: the resource parameter `quality` would otherwise share the check's name.
+@dg.asset_check(asset=player_portraits, name="quality", partitions_def=portrait_partitions)
+def quality_check(
+    context: dg.AssetCheckExecutionContext,
+    database: DatabaseResource,
+    quality: QualitySettings,
+    settings: PortraitSettings,
+) -> dg.AssetCheckResult:
+    """At least `min_quality_pass_rate` of the images the partition's latest run stored pass the judge's rubric.
+    Unscored images (offline, judge errors) are counted apart, never given a figure."""
+    draft_year_key, style = _partition(context)
+    with database.session() as db:
+        found = queries.partition_quality(db, draft_year_key, style)
+    if found is None:
+        return dg.AssetCheckResult(passed=True, description="no finished snapshot for this partition yet")
+    rate, limit = found.pass_rate, quality.min_quality_pass_rate
+    review = settings.review_page(context.partition_key)
+    return dg.AssetCheckResult(
+        passed=rate is None or rate >= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=_quality_description(found, limit),
+        metadata={
+            "snapshot_id": found.snapshot_id,
+            "run_key": found.run_key,
+            "snapshot_version": found.version,
+            "images": len(found.images),
+            "scored": len(found.scored),
+            "not_scored": sum(found.not_scored.values()),
+            "not_scored_reasons": dg.MetadataValue.md(
+                _table(["reason", "images"], [[why, str(n)] for why, n in found.not_scored.most_common()])
+            ),
+            **_score_metadata(found),
+            "min_quality_pass_rate": limit,
+            **({"review_page": dg.MetadataValue.url(review)} if review else {}),
+        },
+    )
+
+
+def _quality_description(found: queries.PartitionQuality, limit: float) -> str:
+    rate = found.pass_rate
+    if rate is None:
+        if not found.images:
+            return "no stored image in the latest snapshot to score"
+        reasons = "; ".join(f"{why} ({n} images)" for why, n in found.not_scored.most_common())
+        return f"not scored: {reasons}"
+    passed = sum(bool(image.passed) for image in found.scored)
+    unscored = sum(found.not_scored.values())
+    return f"{passed}/{len(found.scored)} scored images pass ({rate:.0%}; limit {limit:.0%})" + (
+        f"; {unscored} not scored" if unscored else ""
+    )
+
+
+def _score_metadata(found: queries.PartitionQuality) -> dict[str, Any]:
+    """The figures of the scored images; none at all when nothing was scored (no made-up zeros)."""
+    if found.pass_rate is None:
+        return {}
+    summary = found.summary()
+    worst = [
+        [
+            image.display_name,
+            str(image.score),
+            "; ".join(f"{c.name}: {c.reason}" for c in image.failed) or "none",
+            f"[image]({image.image_url})" if image.image_url else "",
+        ]
+        for image in found.worst(WORST_IMAGES)
+    ]
+    return {
+        "pass_rate": round(found.pass_rate, 4),
+        "mean_score": round(summary["mean"], 1),
+        "min_score": summary["min"],
+        "median_score": summary["median"],
+        "score_histogram": dg.MetadataValue.md(
+            _table(["score", "images"], [[bucket, str(n)] for bucket, n in found.histogram()])
+        ),
+        "worst_images": dg.MetadataValue.md(_table(["player", "score", "failed criteria", "image"], worst)),
+    }
+
+
+portrait_checks = [images_valid, failure_rate_check, coverage, pending_review, quality_check]
 
 
 def _problem_rows(problems: list[Problem]) -> list[list[str]]:

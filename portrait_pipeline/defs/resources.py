@@ -311,6 +311,9 @@ class QualitySettings(dg.ConfigurableResource):
     max_failure_rate: float = Field(
         default=DEFAULT_MAX_FAILURE_RATE, ge=0, le=1, description="PORTRAIT_MAX_FAILURE_RATE: warn above (0.1 = 10%)"
     )
+    min_quality_pass_rate: float = Field(
+        default=0.8, ge=0, le=1, description="PORTRAIT_QUALITY_PASS_RATE: warn when fewer scored images pass the judge"
+    )
 
 
 class PortraitSettings(dg.ConfigurableResource):
@@ -382,7 +385,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "sensor_lane": "PORTRAIT_SENSOR_LANE",
     },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
-    "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE"},
+    "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE", "min_quality_pass_rate": "PORTRAIT_QUALITY_PASS_RATE"},
 }
 RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
     "database": DatabaseResource,
