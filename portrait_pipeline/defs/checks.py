@@ -289,7 +289,7 @@ def _quality_description(found: queries.PartitionQuality, limit: float) -> str:
     if rate is None:
         if not found.images:
             return "no stored image in the latest snapshot to score"
-        reasons = "; ".join(f"{why} ({n} images)" for why, n in found.not_scored.most_common())
+        reasons = "; ".join(f"{why} ({n} image{'s' if n != 1 else ''})" for why, n in found.not_scored.most_common())
         return f"not scored: {reasons}"
     passed = sum(bool(image.passed) for image in found.scored)
     unscored = sum(found.not_scored.values())
