@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
 import uvicorn
 
-from portrait_pipeline.audit.models import APPROVED, PENDING, REJECTED
+from portrait_pipeline.audit.models import APPROVED, PENDING, REJECTED, PlayerImageAsset
 from portrait_pipeline.cli.review_app import COOKIE, check_bind, create_app
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
 from portrait_pipeline.errors import ConfigurationError
+from tests.test_quality_check import score
 from tests.test_review import assets_of, generate, live, serving_of
 
 TOKEN = "desk-token-for-tests"
@@ -26,17 +29,30 @@ def desk(
     """Player 1 with a live image and a pending one, player 2 with a pending one; the app serving them."""
     generate(roster_loaded, storage_resource, offline_gemini, [1], review=False, extra={"image_size": "512"})
     generate(roster_loaded, storage_resource, offline_gemini, [1, 2], review=True)
-    app = create_app(roster_loaded.check(), storage_resource.get_storage(), TOKEN, "art-director")
+    with served(roster_loaded, storage_resource) as base:
+        yield base
+
+
+@contextmanager
+def served(database: DatabaseResource, storage: ImageStorageResource) -> Iterator[str]:
+    """The desk on a real server on 127.0.0.1 (a free port), for the time of the block."""
+    app = create_app(database.check(), storage.get_storage(), TOKEN, "art-director")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def csrf_of(page: str) -> str:
+    return page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
 def logged_in(base: str) -> requests.Session:
@@ -129,3 +145,64 @@ def test_after_a_form_the_desk_returns_to_its_own_page_never_another_site(
         timeout=5,
     )
     assert response.status_code == 303 and response.headers["location"] == "/?partition=2025%7Cdefault"
+
+
+@pytest.fixture
+def scored_desk(
+    roster_loaded: DatabaseResource, storage_resource: ImageStorageResource, offline_gemini: GeminiResource
+) -> Iterator[str]:
+    """Pending images of players 1-3 scored by the judge (2's could not be), and player 1 again under the prompt
+    variant `bold` (an experiment): the desk serving them."""
+    generate(roster_loaded, storage_resource, offline_gemini, [1, 2, 3], review=True)
+    generate(roster_loaded, storage_resource, offline_gemini, [1], review=True)
+    with roster_loaded.session() as db:
+        bold = db.get_one(PlayerImageAsset, assets_of(roster_loaded, 1)[1].id)
+        bold.prompt_variant = bold.snapshot.prompt_variant = "bold"
+        db.commit()
+    (first, bold), (second,), (third,) = (assets_of(roster_loaded, player_id) for player_id in (1, 2, 3))
+    score(roster_loaded, first.id, 55, {"no_text": "letters on the jersey"})
+    score(roster_loaded, bold.id, 90)
+    score(roster_loaded, second.id, None, {"reason": "judge error: HTTP 503"})
+    score(roster_loaded, third.id, 72)
+    with served(roster_loaded, storage_resource) as base:
+        yield base
+
+
+def cards_of(page: str) -> dict[int, str]:
+    """Asset id → the HTML of its card on the grid, in page order."""
+    cards = page.split('<div class="card" ')[1:]
+    return {int(card.split('data-asset="', 1)[1].split('"', 1)[0]): card for card in cards}
+
+
+def test_the_grid_shows_scores_unscored_first_then_lowest_score_first(
+    scored_desk: str, roster_loaded: DatabaseResource
+) -> None:
+    (first, bold), (second,), (third,) = (assets_of(roster_loaded, player_id) for player_id in (1, 2, 3))
+    session = logged_in(scored_desk)
+    cards = cards_of(session.get(f"{scored_desk}/", timeout=5).text)
+    assert list(cards) == [second.id, first.id, third.id, bold.id]
+    assert "not scored: judge error: HTTP 503" in cards[second.id]
+    assert "score 55 (fails)" in cards[first.id] and "<li>no_text: letters on the jersey</li>" in cards[first.id]
+    assert 'title="no_text: letters on the jersey&#10;"' in cards[first.id]  # on hover too
+    assert "score 72 (passes)" in cards[third.id] and "<li>" not in cards[third.id]
+
+
+def test_a_player_under_two_prompt_variants_is_shown_side_by_side(
+    scored_desk: str, roster_loaded: DatabaseResource
+) -> None:
+    (first, bold), (second,), _ = (assets_of(roster_loaded, player_id) for player_id in (1, 2, 3))
+    session = logged_in(scored_desk)
+    page = session.get(f"{scored_desk}/", timeout=5).text
+    cards = cards_of(page)
+    for card in (cards[first.id], cards[bold.id]):
+        variants = re.findall(r'data-variant="([a-z]+)".*?review: ([a-z]+).*?score ([0-9]+)', card, re.S)
+        assert variants == [("bold", PENDING, "90"), ("default", PENDING, "55")]
+    assert "data-variant" not in cards[second.id]  # one variant: nothing to compare
+
+    response = session.post(f"{scored_desk}/approve/{bold.id}", data={"csrf": csrf_of(page)}, timeout=5)
+    assert response.status_code == 200 and assets_of(roster_loaded, 1)[1].review_status == APPROVED
+    history = session.get(f"{scored_desk}/player/1", timeout=5).text
+    assert "Prompt variants, default" in history
+    variants = re.findall(r'data-variant="([a-z]+)".*?review: ([a-z]+)', history, re.S)
+    assert variants == [("bold", APPROVED), ("default", PENDING)]
+    assert f"{bold.id} (live)" in history and "score 90" in history and "letters on the jersey" in history

@@ -50,9 +50,10 @@ _LOGIN = """{% extends "page" %}{% block body %}<h1>Review desk</h1>
 # An image's latest score: the figure and the criteria it failed (under it, and on hover), or why there is none.
 _MACROS = """{% macro verdict(q) %}{% if q.score is none %}<p class="score">not scored: {{ q.reason }}</p>
 {% else %}<p class="score {{ 'pass' if q.passed else 'fail' }}"
-title="{% for c in q.failed %}{{ c.name }}: {{ c.reason }}&#10;{% endfor %}">score {{ q.score }}
-({{ "passes" if q.passed else "fails" }})</p>{% if q.failed %}<ul class="failed">{% for c in q.failed %}
-<li>{{ c.name }}: {{ c.reason }}</li>{% endfor %}</ul>{% endif %}{% endif %}{% endmacro %}
+title="{% for c in q.failed %}{{ c.name }}: {{ c.reason }}&#10;{% endfor %}">
+score {{ q.score }} ({{ "passes" if q.passed else "fails" }})</p>
+{% if q.failed %}<ul class="failed">{% for c in q.failed %}<li>{{ c.name }}: {{ c.reason }}</li>{% endfor %}</ul>
+{% endif %}{% endif %}{% endmacro %}
 {% macro variants(shown, current=None) %}<div class="variants">{% for v in shown %}
 <figure class="variant" data-variant="{{ v.asset.prompt_variant }}"><img src="/image/{{ v.asset.id }}"
 alt="variant {{ v.asset.prompt_variant }}"><figcaption><b>{{ v.asset.prompt_variant }}</b> asset {{ v.asset.id }}
