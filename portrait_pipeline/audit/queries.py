@@ -269,10 +269,14 @@ class PartitionQuality:
         return Counter(image.reason or NO_SCORE_ROW for image in self.images if image.score is None)
 
     @property
+    def passed(self) -> int:
+        return sum(bool(image.passed) for image in self.scored)
+
+    @property
     def pass_rate(self) -> float | None:
         """Passed over scored; None when nothing was scored (there is no rate to report)."""
-        scored = self.scored
-        return sum(bool(image.passed) for image in scored) / len(scored) if scored else None
+        scored = len(self.scored)
+        return self.passed / scored if scored else None
 
     def histogram(self) -> list[tuple[str, int]]:
         """Scored images per 10-point bucket, 0-9 up to 90-100 (100 joins the top bucket)."""

@@ -291,9 +291,8 @@ def _quality_description(found: queries.PartitionQuality, limit: float) -> str:
             return "no stored image in the latest snapshot to score"
         reasons = "; ".join(f"{why} ({n} image{'s' if n != 1 else ''})" for why, n in found.not_scored.most_common())
         return f"not scored: {reasons}"
-    passed = sum(bool(image.passed) for image in found.scored)
     unscored = sum(found.not_scored.values())
-    return f"{passed}/{len(found.scored)} scored images pass ({rate:.0%}; limit {limit:.0%})" + (
+    return f"{found.passed}/{len(found.scored)} scored images pass ({rate:.0%}; limit {limit:.0%})" + (
         f"; {unscored} not scored" if unscored else ""
     )
 
