@@ -253,7 +253,7 @@ class Judge:
             prompt_tokens=answer.prompt_tokens,
             output_tokens=answer.output_tokens,
             total_tokens=answer.total_tokens,
-            cost_usd=token_cost_usd(self.model, answer.prompt_tokens, answer.output_tokens) or Decimal("0"),
+            cost_usd=_micro(token_cost_usd(self.model, answer.prompt_tokens, answer.output_tokens)),
         )
         if answer.blocked is not None:
             return replace(paid, reason=f"judge safety block: {answer.blocked}", hold=True)
@@ -262,6 +262,11 @@ class Judge:
         except JudgeAnswerInvalid as exc:
             return replace(paid, reason=str(exc))
         return replace(paid, status=SCORED, score=score, criteria=criteria)
+
+
+def _micro(usd: Decimal | None) -> Decimal:
+    """USD to the micro-dollar, as the score row keeps it (Numeric(12, 6)): the run's sums equal the rows'."""
+    return (usd or Decimal("0")).quantize(Decimal("0.000001"))
 
 
 @dataclass(frozen=True)
