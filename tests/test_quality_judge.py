@@ -7,6 +7,7 @@ The server answers the judge's structured requests with JSON of the schema they 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,9 @@ from portrait_pipeline.defs.resources import (
     LikenessResource,
     PortraitSettings,
     generation_service,
+    resources_from_env,
 )
+from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAnswerInvalid, parse_answer
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, token_cost_usd
@@ -167,7 +170,7 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
         failed = [c["name"] for c in json.loads(score.criteria or "[]") if not c["passed"]]
         assert failed == ["one_person"] and score.cost_usd == usage_cost(score).quantize(Decimal("0.000001"))
     assert two.replaces_asset_id == one.id and two.snapshot_id != one.snapshot_id
-    (solo, solo_score), = by_player[passing]
+    ((solo, solo_score),) = by_player[passing]
     assert solo.is_current and solo_score is not None and solo_score.passed
 
     with database.session() as db:
@@ -177,9 +180,11 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
     outcome = next(o for o in result.outcomes if o.player_id == failing)
     assert outcome.attempts == 2 and outcome.asset_id == two.id
     assert outcome.quality_score == "40 (below 70: one_person) (1 automatic retry)"
-    assert outcome.cost_usd == 2 * IMAGE_PRICE + (one_score.cost_usd + two_score.cost_usd)  # type: ignore[union-attr]
-    every_row = [a.cost_usd for a, _ in rows(database)] + [s.cost_usd for _, s in rows(database) if s is not None]
-    assert result.cost_usd == sum(every_row, Decimal("0"))
+    assert outcome.cost_usd == 2 * IMAGE_PRICE
+    assert outcome.judge_cost_usd == one_score.cost_usd + two_score.cost_usd  # type: ignore[union-attr]
+    # The run's figures are the audit rows' sums: images from the asset rows, judge calls from the score rows.
+    assert result.cost_usd == sum((a.cost_usd for a, _ in rows(database)), Decimal("0"))
+    assert result.judge_cost_usd == sum((s.cost_usd for _, s in rows(database) if s is not None), Decimal("0"))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +240,7 @@ def test_the_budget_counts_the_judge_calls(
     assert result.stopped is not None and result.stopped.startswith("budget:")
     judged = [score for _, score in rows(database) if score is not None]
     assert len(judged) == 2 and all(score.cost_usd > 0 for score in judged)
-    assert result.cost_usd == 2 * IMAGE_PRICE + sum(score.cost_usd for score in judged)
+    assert result.cost_usd == 2 * IMAGE_PRICE and result.judge_cost_usd == sum(score.cost_usd for score in judged)
 
 
 @pytest.mark.parametrize(
@@ -251,3 +256,26 @@ def test_an_answer_that_does_not_fit_the_rubric_is_a_judge_failure(answer: str, 
     with pytest.raises(JudgeAnswerInvalid, match="^the judge's answer") as raised:
         parse_answer(answer, CRITERIA)
     assert problem in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("PORTRAIT_QUALITY_THRESHOLD", "150", "PORTRAIT_QUALITY_THRESHOLD='150': Input should be less than or equal"),
+        ("PORTRAIT_MAX_QUALITY_RETRIES", "-1", "PORTRAIT_MAX_QUALITY_RETRIES='-1': Input should be greater than"),
+        ("PORTRAIT_QUALITY_JUDGE", "maybe", "PORTRAIT_QUALITY_JUDGE='maybe': Input should be a valid boolean"),
+    ],
+)
+def test_a_bad_quality_setting_stops_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        resources_from_env()
+
+
+def test_a_judge_model_without_token_prices_is_refused_before_any_call(server: fake.GeminiTestServer) -> None:
+    gemini = gemini_for(server).model_copy(update={"judge_model": "gemini-3.7-flash"})  # in the registry, unpriced
+    with pytest.raises(ConfigurationError, match="GEMINI_JUDGE_MODEL=gemini-3.7-flash has no token prices"):
+        gemini.preflight(image_size="512", judge=True)
+    assert generate_requests(server) == [] and judge_requests(server) == []

@@ -264,6 +264,7 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "snapshot_id": result.snapshot_id,
         "estimated_cost_usd": usd_metadata(result.plan.estimated_cost_usd),
         "cost_usd": float(result.cost_usd),
+        "judge_cost_usd": float(result.judge_cost_usd),
         "token_cost_usd": usd_metadata(result.token_cost_usd),
         "players": player_table(result),
         "wall_time_s": round(result.wall_time_s, 2),
@@ -293,7 +294,7 @@ PLAYER_COLUMNS = dg.TableSchema(
         dg.TableColumn("prompt_version", "string"),
         dg.TableColumn("likeness_sha256", "string", description="reference photo the description came from"),
         dg.TableColumn("seconds", "float"),
-        dg.TableColumn("cost_usd", "float", description="every attempt's image and judge call"),
+        dg.TableColumn("cost_usd", "float", description="every attempt's image (quality retries included)"),
         dg.TableColumn(
             "quality_score", "string", description="the judge's score 0-100 (what failed), or 'not scored: why'"
         ),

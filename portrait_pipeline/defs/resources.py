@@ -216,6 +216,8 @@ class GeminiResource(dg.ConfigurableResource):
             checks.append(("GEMINI_JUDGE_MODEL", self.judge_model, "vision"))
         # The price first: a run that could not record its cost stops before any request.
         warnings = self._price_warnings(image_size, dry_run) if image_size is not None else []
+        if judge and not dry_run:
+            self.judge()  # raises when the registry has no token prices for the judge model
         for variable, model, kind in checks:
             if (kind, model) not in self._checked:
                 try:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portrait_pipeline.audit import leases, queries
 from portrait_pipeline.audit.db import session_scope
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import Player, PlayerImageSnapshot
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook, PlayerResult
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, StopRequest
 from portrait_pipeline.model_registry import ImageSize
@@ -42,7 +42,8 @@ class PlayerOutcome:
     output_tokens: int | None = None
     slug: str = ""  # two players may share a display name; the slug tells them apart
     quality_score: str | None = None  # the judge's score, what failed, or "not scored: why"; None when not judged
-    attempts: int = 1  # more after automatic quality retries (cost_usd covers them all, and the judge's calls)
+    attempts: int = 1  # more after automatic quality retries (cost_usd covers every attempt's image)
+    judge_cost_usd: Decimal = Decimal("0")  # the judge's calls for this player
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class _Breaker:
 
     def finished(self, outcome: PlayerOutcome, retries: int = 0) -> None:
         self.in_flight -= 1 + retries
-        self.spent += outcome.cost_usd
+        self.spent += outcome.cost_usd + outcome.judge_cost_usd
         if outcome.status != "skipped":  # another run's player says nothing about this run's health
             self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
 
@@ -318,4 +319,5 @@ def outcome_of(result: PlayerResult, player: Player) -> PlayerOutcome:
         output_tokens=asset.output_tokens,
         quality_score=result.quality,
         attempts=result.attempts,
+        judge_cost_usd=result.judge_cost_usd,
     )

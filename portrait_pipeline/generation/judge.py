@@ -108,7 +108,9 @@ class JudgeRequest:
         if self.likeness_description and (clean := sanitize_field(self.likeness_description, "likeness")):
             facts["appearance"] = clean
         lines = "\n".join(f"- {c.name}: {c.question}" for c in self.criteria)
-        return JUDGE_PROMPT.format(open=PLAYER_DATA_OPEN, close=PLAYER_DATA_CLOSE, criteria=lines, data=player_data(facts))
+        return JUDGE_PROMPT.format(
+            open=PLAYER_DATA_OPEN, close=PLAYER_DATA_CLOSE, criteria=lines, data=player_data(facts)
+        )
 
 
 def style_description(style: Style) -> str:

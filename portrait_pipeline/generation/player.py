@@ -33,11 +33,12 @@ ImageHook = Callable[[str, Image.Image], None]
 @dataclass(frozen=True)
 class PlayerResult:
     """One player's generation: its image (the newest one made, else the last attempt's failure row), how many
-    attempts it took, everything they cost (images and judge calls), and the quality cell of the per-player table."""
+    attempts it took, what their images and their judge calls cost, and the quality cell of the per-player table."""
 
     asset: PlayerImageAsset
     attempts: int
-    cost_usd: Decimal
+    cost_usd: Decimal  # every attempt's image (the asset rows)
+    judge_cost_usd: Decimal  # every judge call (the score rows)
     quality: str | None  # None: no judging configured
 
 
@@ -114,14 +115,9 @@ class ImageGenerationService:
         attempts = [done]
         # The quality policy's post-store step: an image that failed the rubric was held for review; while retries
         # are left (and the run's budget allows one), the player is made again with the failed criteria as guidance.
-        while (
-            self.quality is not None
-            and done.verdict is not None
-            and self.quality.retries(done.verdict, len(attempts) - 1)
-            and (may_retry is None or may_retry())
-        ):
+        while (verdict := self._retry_due(done, len(attempts) - 1)) and (may_retry is None or may_retry()):
             retries = await asyncio.to_thread(audit.quality_retry_snapshot, db, snapshot, len(attempts))
-            attempt = attempt.retry(player, done.asset.id, done.verdict.guidance())
+            attempt = attempt.retry(player, done.asset.id, verdict.guidance())
             done = await self._attempt(db, player, retries, style, image_size, attempt, None, on_image, interruption)
             await asyncio.to_thread(audit.count_retries, db, retries)
             attempts.append(done)
@@ -167,6 +163,12 @@ class ImageGenerationService:
             return _Done(failed, verdict)
         return _Done(asset, verdict)
 
+    def _retry_due(self, done: _Done, retries_made: int) -> Verdict | None:
+        """The failed verdict of an image that was stored, when the policy wants another attempt; else None."""
+        if self.quality is None or done.verdict is None or done.asset.status != "succeeded":
+            return None
+        return done.verdict if self.quality.retries(done.verdict, retries_made) else None
+
     async def _judge(
         self, png: bytes, player: Player, style: Style, attempt: _Attempt, interruption: Interruption | None
     ) -> Verdict | None:
@@ -183,7 +185,8 @@ class ImageGenerationService:
     def _result(self, attempts: list[_Done]) -> PlayerResult:
         images = [done for done in attempts if done.asset.status == "succeeded"]
         final = images[-1] if images else attempts[-1]
-        cost = sum((done.cost_usd for done in attempts), Decimal("0"))
+        cost = sum((done.asset.cost_usd or Decimal("0") for done in attempts), Decimal("0"))
+        judged = sum((done.verdict.cost_usd for done in attempts if done.verdict is not None), Decimal("0"))
         quality = None
         if self.quality is not None and final.verdict is not None:
             quality = final.verdict.summary(self.quality.threshold)
@@ -191,7 +194,7 @@ class ImageGenerationService:
             quality += f" ({len(attempts) - 1} automatic retr{'y' if len(attempts) == 2 else 'ies'})"
             if attempts[-1] is not final:
                 quality += f"; the last retry failed: {attempts[-1].asset.error_message}"
-        return PlayerResult(final.asset, len(attempts), cost, quality)
+        return PlayerResult(final.asset, len(attempts), cost, judged, quality)
 
     async def _make_image(
         self,
@@ -328,8 +331,3 @@ class _Done:
 
     asset: PlayerImageAsset
     verdict: Verdict | None = None
-
-    @property
-    def cost_usd(self) -> Decimal:
-        judged = self.verdict.cost_usd if self.verdict is not None else Decimal("0")
-        return (self.asset.cost_usd or Decimal("0")) + judged
