@@ -253,7 +253,7 @@ def test_the_budget_counts_the_judge_calls(
     ],
 )
 def test_an_answer_that_does_not_fit_the_rubric_is_a_judge_failure(answer: str, problem: str) -> None:
-    with pytest.raises(JudgeAnswerInvalid, match="^the judge's answer") as raised:
+    with pytest.raises(JudgeAnswerInvalid, match=r"^the judge's answer") as raised:
         parse_answer(answer, CRITERIA)
     assert problem in str(raised.value)
 
@@ -276,6 +276,6 @@ def test_a_bad_quality_setting_stops_at_start_naming_the_variable(
 
 def test_a_judge_model_without_token_prices_is_refused_before_any_call(server: fake.GeminiTestServer) -> None:
     gemini = gemini_for(server).model_copy(update={"judge_model": "gemini-3.7-flash"})  # in the registry, unpriced
-    with pytest.raises(ConfigurationError, match="GEMINI_JUDGE_MODEL=gemini-3.7-flash has no token prices"):
+    with pytest.raises(ConfigurationError, match=r"GEMINI_JUDGE_MODEL=gemini-3\.7-flash has no token prices"):
         gemini.preflight(image_size="512", judge=True)
     assert generate_requests(server) == [] and judge_requests(server) == []

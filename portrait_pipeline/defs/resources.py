@@ -201,8 +201,9 @@ class GeminiResource(dg.ConfigurableResource):
 
         `image_size`: the run makes portraits of that size (the image model, and its price unless `dry_run`);
         `vision`: it describes reference photos (the vision model). A portraits run without likeness never calls the
-        vision model, so a dead one does not stop it; `judge`: it scores its images (the judge model). Raises ConfigurationError (one line: variable, model, why,
-        replacement); returns warnings. Offline there is nothing to check.
+        vision model, so a dead one does not stop it; `judge`: it scores its images (the judge model, which must have
+        token prices). Raises ConfigurationError (one line: variable, model, why, replacement); returns warnings.
+        Offline there is nothing to check.
         """
         if not self.uses_gemini:
             return []
@@ -361,7 +362,7 @@ class PortraitSettings(dg.ConfigurableResource):
         default=DEFAULT_THRESHOLD,
         ge=0,
         le=100,
-        description="PORTRAIT_QUALITY_THRESHOLD: below this score (or with a failed criterion) an image waits for review",
+        description="PORTRAIT_QUALITY_THRESHOLD: below it (or with a failed criterion) an image waits for review",
     )
     max_quality_retries: int = Field(
         default=DEFAULT_MAX_RETRIES,
