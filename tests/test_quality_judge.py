@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import dagster as dg
 import pytest
 from sqlalchemy import select
 
@@ -138,8 +139,10 @@ def test_a_passing_image_goes_live_with_its_score_row(
         assert score.total_tokens == (score.prompt_tokens or 0) + score.output_tokens
         assert score.cost_usd == usage_cost(score).quantize(Decimal("0.000001")) and score.cost_usd > 0
     metadata = result.asset_materializations_for_node("player_portraits")[0].metadata
-    table = metadata["players"].value
-    assert [record.data["quality_score"] for record in table.records] == ["95", "95"]  # type: ignore[attr-defined]
+    table = metadata["players"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert [record.data["quality_score"] for record in table.records] == ["95", "95"]
+    assert metadata["judge_cost_usd"].value == pytest.approx(float(sum(s.cost_usd for _, s in rows(database) if s)))
 
 
 def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_review(
