@@ -180,7 +180,8 @@ class ImageGenerationService:
         try:
             return await unless_aborted(interruption, self.quality.verdict(png, request), JUDGE_CANCELLED)
         except Interrupted as exc:  # the request was sent and may be billed: its reserve is recorded (errs high)
-            return Verdict(NOT_SCORED, reason=str(exc), cost_usd=self.quality.reserve_usd)
+            model = self.quality.judge.model if self.quality.judge is not None else None
+            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model, cost_usd=self.quality.reserve_usd)
 
     def _result(self, attempts: list[_Done]) -> PlayerResult:
         images = [done for done in attempts if done.asset.status == "succeeded"]
