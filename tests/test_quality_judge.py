@@ -28,6 +28,7 @@ from portrait_pipeline.defs.resources import (
     resources_from_env,
 )
 from portrait_pipeline.errors import ConfigurationError
+from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAnswerInvalid, parse_answer
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, token_cost_usd
@@ -188,6 +189,29 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
     # The run's figures are the audit rows' sums: images from the asset rows, judge calls from the score rows.
     assert result.cost_usd == sum((a.cost_usd for a, _ in rows(database)), Decimal("0"))
     assert result.judge_cost_usd == sum((s.cost_usd for _, s in rows(database) if s is not None), Decimal("0"))
+
+
+def test_the_batch_lane_judges_what_it_collects_and_leaves_a_failure_for_review(
+    database: DatabaseResource, storage_resource: ImageStorageResource, server: fake.GeminiTestServer
+) -> None:
+    failing, passing = add_players(database, "Batch QFAIL:no_text Lettered", "Batch Clean")
+    gemini = gemini_for(server)
+    service = generation_service(
+        storage_resource, gemini, LikenessResource(), PortraitSettings(current_draft_year=2025)
+    )
+    request = PartitionRequest(draft_year_key=DRAFT_YEAR, style="default", image_size="512", lane="batch")
+    fast = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05)
+    result = batch.run_batch_partition(database.check(), service, gemini.client(), request, fast)
+    assert server.batch_request_counts["create"] == 1 and len(judge_requests(server)) == 2
+    assert generate_requests(server) == []  # no retry: that would be another job
+    found = {asset.player_id: (asset, score) for asset, score in rows(database)}
+    lettered, lettered_score = found[failing]
+    assert lettered.review_status == "pending" and not lettered.is_current
+    assert lettered_score is not None and lettered_score.passed is False
+    assert [c["name"] for c in json.loads(lettered_score.criteria or "[]") if not c["passed"]] == ["no_text"]
+    clean, clean_score = found[passing]
+    assert clean.is_current and clean_score is not None and clean_score.passed
+    assert {o.player_id: o.attempts for o in result.outcomes} == {failing: 1, passing: 1}
 
 
 @pytest.mark.parametrize(
