@@ -31,7 +31,7 @@ from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAnswerInvalid, parse_answer
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
-from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, token_cost_usd
+from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, MODELS
 from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 
@@ -108,9 +108,13 @@ def judge_requests(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
 
 
 def usage_cost(score: ImageQualityScore) -> Decimal:
-    cost = token_cost_usd(DEFAULT_JUDGE_MODEL, score.prompt_tokens, score.output_tokens)
-    assert cost is not None
-    return cost
+    """The row's tokens at the registry's prices for the judge model ($0.75 in, $3.75 out per 1M)."""
+    prices = MODELS[DEFAULT_JUDGE_MODEL]
+    assert prices.input_usd_per_million == Decimal("0.75") and prices.output_usd_per_million == Decimal("3.75")
+    spent = prices.input_usd_per_million * (score.prompt_tokens or 0) + prices.output_usd_per_million * (
+        score.output_tokens or 0
+    )
+    return spent / 1_000_000
 
 
 def test_a_passing_image_goes_live_with_its_score_row(
