@@ -288,6 +288,10 @@ MODELS: dict[str, ModelEntry] = {
 # carries the likeness. We set no temperature or thinking level (deprecated / "minimal" refused on 3.x).
 DEFAULT_IMAGE_MODEL = "gemini-3-pro-image"
 DEFAULT_VISION_MODEL = "gemini-3.8-flash"
+# The quality judge looks at images too: the same current Flash, priced by its tokens ($0.75 / $3.75 per 1M through
+# 2026-12-31: pricing page transcription read 2026-10-07; the same figures on LiteLLM discussion #39357, read
+# 2026-11-29). Thinking tokens are billed as output tokens (the pricing page's output price "including thinking").
+DEFAULT_JUDGE_MODEL = DEFAULT_VISION_MODEL
 
 # A model the registry does not know is asked for the sizes the API reference's ImageConfig lists
 # ("1K, 2K, 4K"; ai.google.dev/api/generate-content), 512 made at 1K.
@@ -401,6 +405,15 @@ class ImagePricing:
         if model is None or model.output_usd_per_million is None:
             return None
         return model.output_usd_per_million * output_tokens / 1_000_000
+
+
+def token_cost_usd(model: str, prompt_tokens: int | None, output_tokens: int | None) -> Decimal | None:
+    """What a text answer cost by its token counts at the registry's token prices; None when a price is unknown."""
+    known = MODELS.get(model)
+    if known is None or known.input_usd_per_million is None or known.output_usd_per_million is None:
+        return None
+    spent = known.input_usd_per_million * (prompt_tokens or 0) + known.output_usd_per_million * (output_tokens or 0)
+    return spent / 1_000_000
 
 
 def pricing(model: str, configured_usd: Decimal | None = None, lane: Lane = "standard") -> ImagePricing:

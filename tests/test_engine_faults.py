@@ -26,7 +26,13 @@ from sqlalchemy import func, select, text
 
 from portrait_pipeline import naming
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, LikenessResource
+from portrait_pipeline.defs.resources import (
+    DatabaseResource,
+    GeminiResource,
+    ImageStorageResource,
+    LikenessResource,
+    PortraitSettings,
+)
 from portrait_pipeline.generation.partition import PartitionRequest, run_partition
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL
@@ -459,8 +465,11 @@ def test_budget_stops_starting_calls_before_the_next_image_would_pass_it(
 ) -> None:
     server = start_server(latency_s=0.2)
     add_players(database, 6)
-    # $0.41 pays for three images at $0.134 ($0.402), not for a fourth.
-    result = run(database, storage_resource, gemini_for(server, max_concurrency=2), {"max_cost_usd": 0.41})
+    # $0.41 pays for three images at $0.134 ($0.402), not for a fourth. Images only: the quality judge's share of
+    # the budget is tested in test_quality_judge.py.
+    unjudged = PortraitSettings(current_draft_year=2025, quality_judge=False)
+    resources = resources_for(database, storage_resource, gemini_for(server, max_concurrency=2), settings=unjudged)
+    result = materialize_portraits(resources, (DRAFT_YEAR, STYLE), {"image_size": "512", "max_cost_usd": 0.41})
     assert result.success
     figures = summary(result)
     assert (figures["generated"], figures["failed"], figures["not_started"]) == (3, 0, 3)

@@ -186,7 +186,9 @@ def latest_snapshot(db: Session, draft_year_key: str, style: str) -> PlayerImage
 
 
 def snapshot_of_run(db: Session, dagster_run_id: str) -> PlayerImageSnapshot | None:
-    return db.scalar(select(PlayerImageSnapshot).where(PlayerImageSnapshot.dagster_run_id == dagster_run_id))
+    """The run's snapshot: its first (a run with quality retries also has a retry snapshot, made later)."""
+    query = select(PlayerImageSnapshot).where(PlayerImageSnapshot.dagster_run_id == dagster_run_id)
+    return db.scalar(query.order_by(PlayerImageSnapshot.id).limit(1))
 
 
 # --- quality scores (the judge's rows) ------------------------------------------------------------------------

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit.models import (
     APPROVED,
     PENDING,
     REJECTED,
+    ImageQualityScore,
     Player,
     PlayerImageAsset,
     PlayerImageSnapshot,
@@ -61,6 +65,23 @@ class GenerationRecord:
     replaces_asset_id: int | None = None  # the rejected image this attempt corrects (the review desk)
 
 
+@dataclass(frozen=True)
+class QualityRecord:
+    """The judge's scoring of one image (status `scored`) or why there is none (`not_scored`), as audited."""
+
+    status: str
+    rubric_version: str
+    score: int | None = None
+    passed: bool | None = None
+    criteria: list[dict[str, Any]] | None = None  # {"name", "passed", "reason"} per criterion
+    reason: str | None = None
+    judge_model: str | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: Decimal = Decimal("0")
+
+
 def start_snapshot(db: Session, spec: SnapshotSpec) -> PlayerImageSnapshot:
     """A new snapshot row; `version` is one more than the run key's last."""
     last = db.scalar(select(func.max(PlayerImageSnapshot.version)).where(PlayerImageSnapshot.run_key == spec.run_key))
@@ -71,8 +92,15 @@ def start_snapshot(db: Session, spec: SnapshotSpec) -> PlayerImageSnapshot:
 
 
 def record_failure(
-    db: Session, snapshot: PlayerImageSnapshot, player: Player, style: str, record: GenerationRecord, reason: str
+    db: Session,
+    snapshot: PlayerImageSnapshot,
+    player: Player,
+    style: str,
+    record: GenerationRecord,
+    reason: str,
+    quality: QualityRecord | None = None,
 ) -> PlayerImageAsset:
+    """A failed attempt's row, with what it cost; `quality` when its image was judged before storing failed."""
     asset = PlayerImageAsset(
         snapshot_id=snapshot.id,
         player_id=player.id,
@@ -85,6 +113,7 @@ def record_failure(
         **record.__dict__,
     )
     db.add(asset)
+    _add_score(db, asset, snapshot, quality)
     db.commit()
     return asset
 
@@ -99,8 +128,10 @@ def record_success(
     publish: Callable[[], object] | None = None,
     *,
     pending_review: bool = False,
+    quality: QualityRecord | None = None,
 ) -> PlayerImageAsset:
-    """Commit the asset row and make it the player's current image for the style, in one transaction.
+    """Commit the asset row (and its `quality` score, if judged) and make it the player's current image for the
+    style, in one transaction.
 
     With `pending_review` the row is committed `pending` and nothing else changes: the current image, its alias
     (`publish` is not called) and so the manifest keep serving the last approved image until someone approves.
@@ -134,10 +165,69 @@ def record_success(
     )
     db.add(asset)
     db.flush()
+    _add_score(db, asset, snapshot, quality)
     if not pending_review:
         _make_current(db, asset, publish)
     db.commit()
     return asset
+
+
+def _add_score(
+    db: Session, asset: PlayerImageAsset, snapshot: PlayerImageSnapshot, quality: QualityRecord | None
+) -> None:
+    """The image's quality row, in the asset row's transaction."""
+    if quality is None:
+        return
+    db.flush()  # the asset's id
+    fields = {**quality.__dict__, "criteria": json.dumps(quality.criteria) if quality.criteria else None}
+    db.add(ImageQualityScore(asset_id=asset.id, dagster_run_id=snapshot.dagster_run_id, **fields))
+
+
+def quality_retry_snapshot(db: Session, parent: PlayerImageSnapshot, round_: int) -> PlayerImageSnapshot:
+    """The snapshot that holds a run's automatic quality retries of round `round_` (found, or made once).
+
+    An asset row is one player in one snapshot, so a retry's row needs a snapshot of its own: run key
+    `{parent's}:quality-retry-{round}`, the parent's version and run id. It is never current (the partition's checks
+    read the parent); `count_retries` keeps its counts as retries land. Two players of the run may ask at once: the
+    unique (run_key, version) lets one create it and the other find it.
+    """
+    run_key = f"{parent.run_key}:quality-retry-{round_}"
+    query = select(PlayerImageSnapshot).where(
+        PlayerImageSnapshot.run_key == run_key, PlayerImageSnapshot.version == parent.version
+    )
+    found = db.scalar(query)
+    if found is not None:
+        return found
+    fields = ("style", "cohort", "draft_year", "system_prompt", "system_prompt_version", "image_size", "model")
+    snapshot = PlayerImageSnapshot(
+        **{name: getattr(parent, name) for name in fields},
+        run_key=run_key,
+        version=parent.version,
+        is_current=False,
+        population_size=0,
+        estimated_cost_usd=Decimal("0"),
+        notes=f"automatic quality retries (round {round_}) of snapshot {parent.id}",
+        status="running",
+        dagster_run_id=parent.dagster_run_id,
+        partition_key=parent.partition_key,
+        prompt_variant=parent.prompt_variant,
+    )
+    db.add(snapshot)
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        return db.scalars(query).one()
+    return snapshot
+
+
+def count_retries(db: Session, snapshot: PlayerImageSnapshot) -> None:
+    """Recount a quality-retry snapshot after each retry, so it is closed whenever the run stops."""
+    _close(db, snapshot, "succeeded")
+    succeeded, failed = snapshot.success_count, snapshot.failure_count
+    snapshot.population_size = succeeded + failed
+    snapshot.status = "failed" if not succeeded else "partial" if failed else "succeeded"
+    db.commit()
 
 
 def _make_current(db: Session, asset: PlayerImageAsset, publish: Callable[[], object] | None) -> None:

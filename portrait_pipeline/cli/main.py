@@ -259,7 +259,10 @@ def _generate(
 
     plan = launch.plan_generation(ctx.resources, selection, styles, settings, limit)
     # Before anything is generated or written: a dead model or an unknown price stops here (exit 2).
-    warnings = ctx.resources.gemini.preflight(image_size=plan.image_size, vision=plan.fetch_likeness, dry_run=dry_run)
+    judge = ctx.resources.settings.quality_judge
+    warnings = ctx.resources.gemini.preflight(
+        image_size=plan.image_size, vision=plan.fetch_likeness, judge=judge, dry_run=dry_run
+    )
     for warning in warnings:
         print(f"portrait-pipeline: warning: {warning}", file=sys.stderr)
     if dry_run:

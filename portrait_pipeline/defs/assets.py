@@ -102,7 +102,8 @@ def player_portraits(
 ) -> Iterator[dg.Output | dg.AssetObservation]:
     """Portraits of one draft year in one style: generated, stored, audited; a dry run only estimates."""
     request = partition_request(config, context.partition_key, gemini.model, context.run.run_id)
-    preflight(context, gemini, image_size=request.image_size, vision=request.fetch_likeness, dry_run=config.dry_run)
+    checks = {"vision": request.fetch_likeness, "judge": settings.quality_judge, "dry_run": config.dry_run}
+    preflight(context, gemini, image_size=request.image_size, **checks)
     if config.dry_run:
         with database.session() as db:
             plan = plan_partition(db, storage.get_storage(), request, gemini.image_pricing())
@@ -263,6 +264,7 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "snapshot_id": result.snapshot_id,
         "estimated_cost_usd": usd_metadata(result.plan.estimated_cost_usd),
         "cost_usd": float(result.cost_usd),
+        "judge_cost_usd": float(result.judge_cost_usd),
         "token_cost_usd": usd_metadata(result.token_cost_usd),
         "players": player_table(result),
         "wall_time_s": round(result.wall_time_s, 2),
@@ -292,7 +294,10 @@ PLAYER_COLUMNS = dg.TableSchema(
         dg.TableColumn("prompt_version", "string"),
         dg.TableColumn("likeness_sha256", "string", description="reference photo the description came from"),
         dg.TableColumn("seconds", "float"),
-        dg.TableColumn("cost_usd", "float"),
+        dg.TableColumn("cost_usd", "float", description="every attempt's image (quality retries included)"),
+        dg.TableColumn(
+            "quality_score", "string", description="the judge's score 0-100 (what failed), or 'not scored: why'"
+        ),
         dg.TableColumn("image", "string", description="the image's URL"),
     ]
 )
@@ -312,6 +317,7 @@ def player_table(result: PartitionResult) -> dg.TableMetadataValue:
                 "likeness_sha256": (outcome.likeness_sha256 or "")[:16],
                 "seconds": round(outcome.seconds, 2),
                 "cost_usd": float(outcome.cost_usd),
+                "quality_score": outcome.quality_score or "",
                 "image": outcome.public_url or "",
             }
         )

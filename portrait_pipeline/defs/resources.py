@@ -24,13 +24,22 @@ from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_mi
 from portrait_pipeline.cohorts import default_current_draft_year
 from portrait_pipeline.errors import ConfigurationError, InvalidInput
 from portrait_pipeline.generation.batch import BatchSettings
-from portrait_pipeline.generation.gemini import GeminiClient, GeminiDescriber, GeminiRenderer, RetryPolicy, check_model
+from portrait_pipeline.generation.gemini import (
+    GeminiClient,
+    GeminiDescriber,
+    GeminiRenderer,
+    GeminiStructured,
+    RetryPolicy,
+    check_model,
+)
+from portrait_pipeline.generation.judge import DEFAULT_MAX_RETRIES, DEFAULT_THRESHOLD, Judge, QualityPolicy
 from portrait_pipeline.generation.offline import OfflineRenderer
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.generation.renderer import Renderer
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
 from portrait_pipeline.model_registry import (
     DEFAULT_IMAGE_MODEL,
+    DEFAULT_JUDGE_MODEL,
     DEFAULT_VISION_MODEL,
     ImagePricing,
     ImageSize,
@@ -95,6 +104,9 @@ class GeminiResource(dg.ConfigurableResource):
     base_url: str | None = Field(default=None, description="GEMINI_BASE_URL: a gateway, proxy or test server")
     image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="GEMINI_IMAGE_MODEL")
     vision_model: str = Field(default=DEFAULT_VISION_MODEL, description="GEMINI_VISION_MODEL (likeness)")
+    judge_model: str = Field(
+        default=DEFAULT_JUDGE_MODEL, description="GEMINI_JUDGE_MODEL: the vision model that scores stored portraits"
+    )
     image_price_usd: float | None = Field(
         default=None,
         gt=0,
@@ -181,6 +193,7 @@ class GeminiResource(dg.ConfigurableResource):
         *,
         image_size: ImageSize | None = None,
         vision: bool = False,
+        judge: bool = False,
         dry_run: bool = False,
         today: date | None = None,
     ) -> list[str]:
@@ -188,8 +201,9 @@ class GeminiResource(dg.ConfigurableResource):
 
         `image_size`: the run makes portraits of that size (the image model, and its price unless `dry_run`);
         `vision`: it describes reference photos (the vision model). A portraits run without likeness never calls the
-        vision model, so a dead one does not stop it. Raises ConfigurationError (one line: variable, model, why,
-        replacement); returns warnings. Offline there is nothing to check.
+        vision model, so a dead one does not stop it; `judge`: it scores its images (the judge model, which must have
+        token prices). Raises ConfigurationError (one line: variable, model, why, replacement); returns warnings.
+        Offline there is nothing to check.
         """
         if not self.uses_gemini:
             return []
@@ -199,8 +213,12 @@ class GeminiResource(dg.ConfigurableResource):
             checks.append(("GEMINI_IMAGE_MODEL", self.image_model, "image"))
         if vision:
             checks.append(("GEMINI_VISION_MODEL", self.vision_model, "vision"))
+        if judge and not dry_run:
+            checks.append(("GEMINI_JUDGE_MODEL", self.judge_model, "vision"))
         # The price first: a run that could not record its cost stops before any request.
         warnings = self._price_warnings(image_size, dry_run) if image_size is not None else []
+        if judge and not dry_run:
+            self.judge()  # raises when the registry has no token prices for the judge model
         for variable, model, kind in checks:
             if (kind, model) not in self._checked:
                 try:
@@ -227,6 +245,10 @@ class GeminiResource(dg.ConfigurableResource):
     def describer(self) -> GeminiDescriber | None:
         """The vision model for likeness; None offline, where no model can look at a photo."""
         return GeminiDescriber(self.client(), self.vision_model) if self.uses_gemini else None
+
+    def judge(self) -> Judge | None:
+        """The quality judge (its model must have token prices in the registry); None offline."""
+        return Judge(GeminiStructured(self.client(), self.judge_model)) if self.uses_gemini else None
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -334,6 +356,23 @@ class PortraitSettings(dg.ConfigurableResource):
         default="batch", description="PORTRAIT_SCHEDULE_LANE: the schedules' backfills (batch: half price, within 24 h)"
     )
     sensor_lane: Lane = Field(default="standard", description="PORTRAIT_SENSOR_LANE: the new-prospects sensor's runs")
+    quality_judge: bool = Field(
+        default=True,
+        description="PORTRAIT_QUALITY_JUDGE: score every stored portrait with GEMINI_JUDGE_MODEL (a not_scored row "
+        "offline)",
+    )
+    quality_threshold: int = Field(
+        default=DEFAULT_THRESHOLD,
+        ge=0,
+        le=100,
+        description="PORTRAIT_QUALITY_THRESHOLD: below it (or with a failed criterion) an image waits for review",
+    )
+    max_quality_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES,
+        ge=0,
+        le=5,
+        description="PORTRAIT_MAX_QUALITY_RETRIES: automatic regenerations of a player whose image failed, per run",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.automated_styles()  # a misspelt style stops the process at start, not at the sensor's first tick
@@ -371,6 +410,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "base_url": "GEMINI_BASE_URL",
         "image_model": "GEMINI_IMAGE_MODEL",
         "vision_model": "GEMINI_VISION_MODEL",
+        "judge_model": "GEMINI_JUDGE_MODEL",
         "image_price_usd": "GEMINI_IMAGE_PRICE_USD",
         "max_concurrency": "GEMINI_MAX_CONCURRENCY",
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
@@ -383,6 +423,9 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "review_url": "PORTRAIT_REVIEW_URL",
         "schedule_lane": "PORTRAIT_SCHEDULE_LANE",
         "sensor_lane": "PORTRAIT_SENSOR_LANE",
+        "quality_judge": "PORTRAIT_QUALITY_JUDGE",
+        "quality_threshold": "PORTRAIT_QUALITY_THRESHOLD",
+        "max_quality_retries": "PORTRAIT_MAX_QUALITY_RETRIES",
     },
     "likeness": {"allow_hosts": "LIKENESS_FETCH_ALLOW_HOSTS"},
     "quality": {"max_failure_rate": "PORTRAIT_MAX_FAILURE_RATE", "min_quality_pass_rate": "PORTRAIT_QUALITY_PASS_RATE"},
@@ -453,4 +496,7 @@ def generation_service(
     """The seed's ImageGenerationService wired from resources: the one code path of the asset and of scripts."""
     describer = gemini.describer()
     source = LikenessService(describer, likeness.policy()).for_generation if describer else None
-    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, settings.require_review)
+    quality = None
+    if settings.quality_judge:
+        quality = QualityPolicy(gemini.judge(), settings.quality_threshold, settings.max_quality_retries)
+    return ImageGenerationService(gemini.renderer(), storage.get_storage(), source, settings.require_review, quality)

@@ -10,6 +10,7 @@ engine), priced at the registry's batch price.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -257,7 +258,9 @@ def collect_job(
         if status.answers is None
         else f"batch job {status.name} returned no answer for this player"
     )
-    answered = ImageGenerationService(_Answers(lane_pricing, answers, missing), service.storage)
+    # Judged like the standard lane's images; a failed one waits for review (a retry would be a new job, not here).
+    quality = dataclasses.replace(service.quality, max_retries=0) if service.quality is not None else None
+    answered = ImageGenerationService(_Answers(lane_pricing, answers, missing), service.storage, quality=quality)
     work = BatchJob(snapshot_id, parse_style(style), parse_image_size(size, lane_pricing.model), on_image=on_image)
     # No breaker, no budget: every answer is paid already and must be stored.
     limits = BatchLimits(settings.max_concurrency, None, None)

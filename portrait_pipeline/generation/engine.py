@@ -14,8 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from portrait_pipeline.audit import leases, queries
 from portrait_pipeline.audit.db import session_scope
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
-from portrait_pipeline.generation.player import ImageGenerationService, ImageHook
+from portrait_pipeline.audit.models import Player, PlayerImageSnapshot
+from portrait_pipeline.generation.player import ImageGenerationService, ImageHook, PlayerResult
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, StopRequest
 from portrait_pipeline.model_registry import ImageSize
 from portrait_pipeline.styles import Style
@@ -41,6 +41,9 @@ class PlayerOutcome:
     reference_url: str | None = None
     output_tokens: int | None = None
     slug: str = ""  # two players may share a display name; the slug tells them apart
+    quality_score: str | None = None  # the judge's score, what failed, or "not scored: why"; None when not judged
+    attempts: int = 1  # more after automatic quality retries (cost_usd covers every attempt's image)
+    judge_cost_usd: Decimal = Decimal("0")  # the judge's calls for this player
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class _Breaker:
 
     def __init__(self, limits: BatchLimits, cost_per_image: Decimal) -> None:
         self.limits = limits
-        self.cost_per_image = cost_per_image
+        self.cost_per_image = cost_per_image  # an image and its judge call, as budgeted before they are paid
         self.consecutive_failures = 0
         self.spent = Decimal("0")
         self.in_flight = 0
@@ -109,9 +112,20 @@ class _Breaker:
     def started(self) -> None:
         self.in_flight += 1
 
-    def finished(self, outcome: PlayerOutcome) -> None:
-        self.in_flight -= 1
-        self.spent += outcome.cost_usd
+    def may_retry(self) -> bool:
+        """One more attempt for a player already in flight (a quality retry), if the budget has room: it is counted
+        in flight until its player finishes. Refusing one does not stop the run."""
+        budget = self.limits.max_cost_usd
+        if self.stopped is not None or (
+            budget is not None and self.spent + (self.in_flight + 1) * self.cost_per_image > budget
+        ):
+            return False
+        self.in_flight += 1
+        return True
+
+    def finished(self, outcome: PlayerOutcome, retries: int = 0) -> None:
+        self.in_flight -= 1 + retries
+        self.spent += outcome.cost_usd + outcome.judge_cost_usd
         if outcome.status != "skipped":  # another run's player says nothing about this run's health
             self.consecutive_failures = self.consecutive_failures + 1 if outcome.status == "failed" else 0
 
@@ -137,7 +151,9 @@ async def generate_batch(
     """
     calls = asyncio.Semaphore(limits.max_concurrency)
     storing = asyncio.Semaphore(limits.max_concurrency)
-    breaker = _Breaker(limits, service.renderer.pricing.usd_per_image(job.image_size))
+    # The budget counts each image with its judge call (set aside before the call, its token cost once answered).
+    judged = service.quality.reserve_usd if service.quality is not None else Decimal("0")
+    breaker = _Breaker(limits, service.renderer.pricing.usd_per_image(job.image_size) + judged)
     outcomes: list[PlayerOutcome] = []
     tasks: list[asyncio.Task[None]] = []
 
@@ -151,11 +167,19 @@ async def generate_batch(
             answered = True
             calls.release()
 
+        retries = 0
+
+        def may_retry() -> bool:
+            nonlocal retries
+            allowed = not interruption.stopping.is_set() and breaker.may_retry()
+            retries += allowed
+            return allowed
+
         try:
-            outcome = await _generate_claimed(engine, service, job, player_id, on_answer, interruption)
+            outcome = await _generate_claimed(engine, service, job, player_id, on_answer, interruption, may_retry)
         finally:
             (storing if answered else calls).release()
-        breaker.finished(outcome)
+        breaker.finished(outcome, retries)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -189,6 +213,7 @@ async def _generate_claimed(
     player_id: int,
     on_answer: Callable[[], Awaitable[None]],
     interruption: Interruption,
+    may_retry: Callable[[], bool],
 ) -> PlayerOutcome:
     """Claim the player before its call, and release the claim once its audit row has committed (or failed to).
 
@@ -199,7 +224,7 @@ async def _generate_claimed(
     """
     claims = job.claims
     if claims is None:
-        return await _generate_one(engine, service, job, player_id, on_answer, interruption)
+        return await _generate_one(engine, service, job, player_id, on_answer, interruption, may_retry)
     try:
         holder = await asyncio.to_thread(
             leases.claim, engine, player_id, job.style, claims.owner, claims.ttl_s, claims.dagster_run_id
@@ -217,7 +242,7 @@ async def _generate_claimed(
     try:
         if done:
             return PlayerOutcome(player_id, f"player {player_id}", "skipped", "finished by another run meanwhile")
-        return await _generate_one(engine, service, job, player_id, on_answer, interruption)
+        return await _generate_one(engine, service, job, player_id, on_answer, interruption, may_retry)
     finally:
         try:
             await asyncio.to_thread(leases.release, engine, player_id, job.style, claims.owner)
@@ -248,6 +273,7 @@ async def _generate_one(
     player_id: int,
     on_answer: Callable[[], Awaitable[None]],
     interruption: Interruption,
+    may_retry: Callable[[], bool],
 ) -> PlayerOutcome:
     try:
         with session_scope(engine) as db:
@@ -255,7 +281,7 @@ async def _generate_one(
             snapshot = db.get_one(PlayerImageSnapshot, job.snapshot_id)
             # Hand the connection back while the call is in flight: the pool is smaller than max_concurrency.
             db.commit()
-            asset = await service.generate_for_player(
+            result = await service.generate(
                 db=db,
                 player=player,
                 snapshot=snapshot,
@@ -266,14 +292,16 @@ async def _generate_one(
                 on_answer=on_answer,
                 on_image=job.on_image,
                 interruption=interruption,
+                may_retry=may_retry,
             )
-            return outcome_of(asset, player)
+            return outcome_of(result, player)
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player
         log.exception("player %s: could not record the generation", player_id)
         return PlayerOutcome(player_id, f"player {player_id}", "failed", f"{exc.__class__.__name__}: {exc}")
 
 
-def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
+def outcome_of(result: PlayerResult, player: Player) -> PlayerOutcome:
+    asset = result.asset
     return PlayerOutcome(
         player_id=player.id,
         display_name=player.display_name,
@@ -282,11 +310,14 @@ def outcome_of(asset: PlayerImageAsset, player: Player) -> PlayerOutcome:
         reason=asset.error_message,
         asset_id=asset.id,
         seconds=asset.generation_time_sec or 0.0,
-        cost_usd=asset.cost_usd or Decimal("0"),
+        cost_usd=result.cost_usd,
         key=asset.s3_key,
         public_url=asset.public_url,
         user_prompt=asset.user_prompt,
         likeness_sha256=asset.reference_sha256,
         reference_url=asset.reference_image_url,
         output_tokens=asset.output_tokens,
+        quality_score=result.quality,
+        attempts=result.attempts,
+        judge_cost_usd=result.judge_cost_usd,
     )

@@ -229,6 +229,57 @@ class GeminiDescriber:
         return text
 
 
+@dataclass(frozen=True)
+class StructuredAnswer:
+    """A vision model's JSON answer about an image, unparsed, with what it cost in tokens; `blocked` says why there
+    is no answer (a safety block of the prompt or of the answer), None when there is one."""
+
+    text: str
+    blocked: str | None
+    prompt_tokens: int | None
+    output_tokens: int | None  # candidates + thoughts: both are billed at the output price
+    total_tokens: int | None
+
+
+class GeminiStructured:
+    """Structured answers about an image from a vision model (the quality judge's calls).
+
+    Structured output: `response_mime_type="application/json"` with a `response_schema` (a pydantic model, which the
+    SDK turns into the API's Schema) constrains the answer to that schema (ai.google.dev/gemini-api/docs/
+    structured-output; firebase.google.com/docs/ai-logic/generate-structured-output lists gemini-3.8-flash among the
+    models that support it; read 2026-11-29). Images go inline as a Part (Part.from_bytes) when the whole request is
+    under 20 MB (ai.google.dev/gemini-api/docs/image-understanding, read 2026-11-29): a stored portrait is ~1 MB.
+    """
+
+    def __init__(self, client: GeminiClient, model: str) -> None:
+        self._client = client
+        self.model = model
+
+    async def ask(self, image: bytes, mime_type: str, prompt: str, schema: type[Any]) -> StructuredAnswer:
+        sdk = self._client.sdk
+        contents: Any = [types.Part.from_bytes(data=image, mime_type=mime_type), prompt]
+        config = types.GenerateContentConfig(response_mime_type="application/json", response_schema=schema)
+        response = await self._client.call(
+            lambda: sdk.aio.models.generate_content(model=self.model, contents=contents, config=config)
+        )
+        usage = response.usage_metadata
+        output = None
+        if usage is not None and (usage.candidates_token_count is not None or usage.thoughts_token_count is not None):
+            output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+        blocked = None
+        if response.prompt_feedback and response.prompt_feedback.block_reason:
+            blocked = f"the prompt was blocked ({response.prompt_feedback.block_reason.value})"
+        elif _finish_reason(response) not in ("STOP", "MAX_TOKENS", "unknown"):
+            blocked = f"the answer stopped with finish reason {_finish_reason(response)}"
+        return StructuredAnswer(
+            text=(response.text or "") if blocked is None else "",
+            blocked=blocked,
+            prompt_tokens=usage.prompt_token_count if usage else None,
+            output_tokens=output,
+            total_tokens=usage.total_token_count if usage else None,
+        )
+
+
 def image_from(response: types.GenerateContentResponse) -> RenderedImage:
     """The first image part of an answer, with token usage; otherwise a reason in words."""
     usage = response.usage_metadata

@@ -154,6 +154,11 @@ class PartitionResult:
         return sum((outcome.cost_usd for outcome in self.outcomes), Decimal("0"))
 
     @property
+    def judge_cost_usd(self) -> Decimal:
+        """What the quality judge's calls cost (the score rows), on top of `cost_usd` (the images)."""
+        return sum((outcome.judge_cost_usd for outcome in self.outcomes), Decimal("0"))
+
+    @property
     def token_cost_usd(self) -> Decimal | None:
         """What the answers' token counts say was spent (None for a model without a token price)."""
         tokens = sum(outcome.output_tokens or 0 for outcome in self.outcomes)

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from portrait_pipeline import images, naming
 from portrait_pipeline.audit import queries
 from portrait_pipeline.audit import records as audit
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import NOT_SCORED, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
+from portrait_pipeline.generation.judge import JUDGE_CANCELLED, JudgeRequest, QualityPolicy, Verdict
 from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
 from portrait_pipeline.interrupts import CALL_CANCELLED, NOT_STORED, Interrupted, Interruption, unless_aborted
 from portrait_pipeline.likeness import Likeness
@@ -29,6 +30,18 @@ LikenessSource = Callable[[Session, Player, str], Awaitable[Likeness]]
 ImageHook = Callable[[str, Image.Image], None]
 
 
+@dataclass(frozen=True)
+class PlayerResult:
+    """One player's generation: its image (the newest one made, else the last attempt's failure row), how many
+    attempts it took, what their images and their judge calls cost, and the quality cell of the per-player table."""
+
+    asset: PlayerImageAsset
+    attempts: int
+    cost_usd: Decimal  # every attempt's image (the asset rows)
+    judge_cost_usd: Decimal  # every judge call (the score rows)
+    quality: str | None  # None: no judging configured
+
+
 class ImageGenerationService:
     """The seed's service: generate one player's portrait, store it, and write its audit row."""
 
@@ -38,11 +51,13 @@ class ImageGenerationService:
         storage: ImageStorage,
         likeness: LikenessSource | None = None,
         require_review: bool = False,
+        quality: QualityPolicy | None = None,
     ) -> None:
         self.renderer = renderer
         self.storage = storage
         self.likeness = likeness
         self.require_review = require_review  # PORTRAIT_REQUIRE_REVIEW: new images wait for a reviewer
+        self.quality = quality  # None: images are not judged (PORTRAIT_QUALITY_JUDGE=false)
 
     async def generate_for_player(
         self,
@@ -64,6 +79,26 @@ class ImageGenerationService:
         image while it is decoded (a worker thread calls it): the partition keeps a thumbnail for its contact sheet.
         An `interruption` that aborts the run cancels the call or the storing; the row says which, with the cost.
         """
+        result = await self.generate(
+            db, player, snapshot, style, fetch_likeness, image_size, likeness_url, on_answer, on_image, interruption
+        )
+        return result.asset
+
+    async def generate(
+        self,
+        db: Session,
+        player: Player,
+        snapshot: PlayerImageSnapshot,
+        style: Style = "default",
+        fetch_likeness: bool = False,
+        image_size: ImageSize = "1K",
+        likeness_url: str | None = None,
+        on_answer: Callable[[], Awaitable[None]] | None = None,
+        on_image: ImageHook | None = None,
+        interruption: Interruption | None = None,
+        may_retry: Callable[[], bool] | None = None,
+    ) -> PlayerResult:
+        """`generate_for_player`, then the quality policy's retries; `may_retry` (the run's budget) may refuse one."""
         # A reviewer rejected the player's latest image: this one corrects it, with the reviewer's guidance as data.
         corrects = await asyncio.to_thread(_correction_for, db, player.id, style)
         guidance = corrects.guidance if corrects else None
@@ -73,7 +108,34 @@ class ImageGenerationService:
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
             guidance=guidance,
             replaces_asset_id=corrects.id if corrects else None,
+            reviewer_guidance=guidance,
+            for_reviewer=corrects is not None,
         )
+        done = await self._attempt(db, player, snapshot, style, image_size, attempt, on_answer, on_image, interruption)
+        attempts = [done]
+        # The quality policy's post-store step: an image that failed the rubric was held for review; while retries
+        # are left (and the run's budget allows one), the player is made again with the failed criteria as guidance.
+        while (verdict := self._retry_due(done, len(attempts) - 1)) and (may_retry is None or may_retry()):
+            retries = await asyncio.to_thread(audit.quality_retry_snapshot, db, snapshot, len(attempts))
+            attempt = attempt.retry(player, done.asset.id, verdict.guidance())
+            done = await self._attempt(db, player, retries, style, image_size, attempt, None, on_image, interruption)
+            await asyncio.to_thread(audit.count_retries, db, retries)
+            attempts.append(done)
+        return self._result(attempts)
+
+    async def _attempt(
+        self,
+        db: Session,
+        player: Player,
+        snapshot: PlayerImageSnapshot,
+        style: Style,
+        image_size: ImageSize,
+        attempt: _Attempt,
+        on_answer: Callable[[], Awaitable[None]] | None,
+        on_image: ImageHook | None,
+        interruption: Interruption | None,
+    ) -> _Done:
+        """One image: made, stored, judged, and its row (with its score) committed; a failure becomes a row too."""
         try:
             png, stored = await self._make_image(
                 db, player, style, image_size, attempt, on_answer, on_image, interruption
@@ -81,19 +143,59 @@ class ImageGenerationService:
         except PortraitPipelineError as exc:
             if isinstance(exc, Interrupted) and attempt.rendered is None:
                 attempt.cost = self.renderer.pricing.usd_per_image(image_size)  # it may be billed: err high
-            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+            return _Done(audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc)))
+        verdict = await self._judge(png, player, style, attempt, interruption)
+        scored = verdict.record(self.quality.threshold) if verdict is not None and self.quality else None
         width, height = TARGET_DIMENSIONS[image_size]
         record = self._record(attempt, width=width, height=height)
         # The serving alias is rewritten under the player's row lock, so it always shows the current image.
         publish = partial(self.storage.put, naming.current_key(player.id, player.slug, style), png, immutable=False)
-        # A correction of a rejected image goes back to the reviewer, whatever PORTRAIT_REQUIRE_REVIEW says.
-        pending = self.require_review or attempt.replaces_asset_id is not None
-        success = partial(audit.record_success, pending_review=pending)
+        # A correction of a rejected image goes back to the reviewer, whatever PORTRAIT_REQUIRE_REVIEW says; so does
+        # an image the judge failed (or could not look at for safety).
+        held = verdict is not None and self.quality is not None and self.quality.holds(verdict)
+        pending = self.require_review or attempt.for_reviewer or held
+        success = partial(audit.record_success, pending_review=pending, quality=scored)
         try:
-            return await asyncio.to_thread(success, db, snapshot, player, style, record, stored, publish)
+            asset = await asyncio.to_thread(success, db, snapshot, player, style, record, stored, publish)
         except StorageError as exc:
             db.rollback()  # the uncommitted row of this image, not the caller's committed snapshot
-            return audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc))
+            failed = audit.record_failure(db, snapshot, player, style, self._record(attempt), str(exc), scored)
+            return _Done(failed, verdict)
+        return _Done(asset, verdict)
+
+    def _retry_due(self, done: _Done, retries_made: int) -> Verdict | None:
+        """The failed verdict of an image that was stored, when the policy wants another attempt; else None."""
+        if self.quality is None or done.verdict is None or done.asset.status != "succeeded":
+            return None
+        return done.verdict if self.quality.retries(done.verdict, retries_made) else None
+
+    async def _judge(
+        self, png: bytes, player: Player, style: Style, attempt: _Attempt, interruption: Interruption | None
+    ) -> Verdict | None:
+        """The stored image's verdict; None when nothing is judged. A run aborted meanwhile leaves it not scored."""
+        if self.quality is None:
+            return None
+        description = attempt.likeness.description if attempt.likeness else None
+        request = JudgeRequest(player.display_name, style, description)
+        try:
+            return await unless_aborted(interruption, self.quality.verdict(png, request), JUDGE_CANCELLED)
+        except Interrupted as exc:  # the request was sent and may be billed: its reserve is recorded (errs high)
+            model = self.quality.judge.model if self.quality.judge is not None else None
+            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model, cost_usd=self.quality.reserve_usd)
+
+    def _result(self, attempts: list[_Done]) -> PlayerResult:
+        images = [done for done in attempts if done.asset.status == "succeeded"]
+        final = images[-1] if images else attempts[-1]
+        cost = sum((done.asset.cost_usd or Decimal("0") for done in attempts), Decimal("0"))
+        judged = sum((done.verdict.cost_usd for done in attempts if done.verdict is not None), Decimal("0"))
+        quality = None
+        if self.quality is not None and final.verdict is not None:
+            quality = final.verdict.summary(self.quality.threshold)
+        if quality is not None and len(attempts) > 1:
+            quality += f" ({len(attempts) - 1} automatic retr{'y' if len(attempts) == 2 else 'ies'})"
+            if attempts[-1] is not final:
+                quality += f"; the last retry failed: {attempts[-1].asset.error_message}"
+        return PlayerResult(final.asset, len(attempts), cost, judged, quality)
 
     async def _make_image(
         self,
@@ -106,7 +208,7 @@ class ImageGenerationService:
         on_image: ImageHook | None,
         interruption: Interruption | None,
     ) -> tuple[bytes, StoredObject]:
-        if attempt.reference_url and self.likeness is not None:
+        if attempt.reference_url and self.likeness is not None and attempt.likeness is None:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
             attempt.prompt = player_prompt(player, description, attempt.guidance)
@@ -204,3 +306,29 @@ class _Attempt:
     likeness: Likeness | None = None
     rendered: RenderedImage | None = None
     cost: Decimal = Decimal("0")
+    reviewer_guidance: str | None = None  # a reviewer's correction, kept through quality retries
+    for_reviewer: bool = False  # it corrects a rejected image: it goes back to the reviewer
+
+    def retry(self, player: Player, replaces_asset_id: int, correction: str) -> _Attempt:
+        """The next attempt after a failed quality check: the same likeness, the failed criteria as guidance (data in
+        the prompt, after any reviewer's correction), linked to the image it replaces."""
+        guidance = f"{self.reviewer_guidance}; {correction}" if self.reviewer_guidance else correction
+        description = self.likeness.description if self.likeness else None
+        return _Attempt(
+            started=time.monotonic(),
+            prompt=player_prompt(player, description, guidance),
+            reference_url=self.reference_url,
+            guidance=guidance,
+            replaces_asset_id=replaces_asset_id,
+            likeness=self.likeness,
+            reviewer_guidance=self.reviewer_guidance,
+            for_reviewer=self.for_reviewer,
+        )
+
+
+@dataclass(frozen=True)
+class _Done:
+    """An attempt's audit row and, for a stored image, the judge's verdict."""
+
+    asset: PlayerImageAsset
+    verdict: Verdict | None = None

@@ -22,6 +22,19 @@ are served too: a job is PENDING for ``batch_pending_s``, RUNNING for ``batch_ru
 with the default answers (``script_batch(key, reply)`` scripts one request's answer), unless cancelled or
 forced into another state (``force_batch_state``).
 
+Structured requests (``generationConfig.responseMimeType`` "application/json" with a ``responseSchema``: the
+quality judge's) are recorded as kind "judge", scripted with ``enqueue(..., kind="judge")``, and answered by
+default with JSON that conforms to the schema the request sent, as the real API's constrained decoding does
+(ai.google.dev/gemini-api/docs/structured-output, read 2026-11-29): every required property; for an array of
+objects with an enum ``name`` one item per enum value the prompt mentions; booleans true; a "score" integer near
+its maximum. Markers in the request's text (the judge's prompt carries the player's name) change the answer:
+
+- ``QFAIL:<criterion>`` (repeatable): that item's boolean is false with reason "QFAIL marker", and the score drops
+  to 40% of its range;
+- ``QJUDGE:500``: 500 INTERNAL (on every attempt, so the client's retries run out);
+- ``QJUDGE:safety``: the prompt is blocked (``promptFeedback.blockReason`` SAFETY);
+- ``QJUDGE:garbage``: 200 with a text that is not JSON.
+
 Only the standard library and Pillow: no pytest, so ``bench/throughput.py`` can import it too.
 """
 
@@ -72,7 +85,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(rf"^/{_VERSION}/files/(?P<file>[^/:]+):download$"), "download"),
 ]
 # Kinds whose request body must be a JSON object.
-_JSON_BODY_KINDS = {"generate_content", "batch_create", "upload"}
+_JSON_BODY_KINDS = {"generate_content", "judge", "batch_create", "upload"}
+# generateContent kinds: a plain call, or a structured one (a JSON response schema: the quality judge's).
+_GENERATE_KINDS = {"generate_content", "judge"}
+_QFAIL = re.compile(r"QFAIL:([a-z_]+)")
+_QJUDGE = re.compile(r"QJUDGE:([a-z0-9]+)")
 # RecordedRequest.kind -> the short names of GeminiTestServer.batch_request_counts.
 _BATCH_KINDS = {
     "batch_create": "create",
@@ -89,7 +106,12 @@ BATCH_INLINE_LIMIT_BYTES = 20 * 1024 * 1024
 BATCH_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 _ENDED_STATES = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"}
 _FILE_TTL = datetime.timedelta(hours=48)  # uploaded files expire after 48 hours
-_METHOD_NAMES = {"generate_content": "generateContent", "get_model": "get", "batch_create": "batchGenerateContent"}
+_METHOD_NAMES = {
+    "generate_content": "generateContent",
+    "judge": "generateContent",
+    "get_model": "get",
+    "batch_create": "batchGenerateContent",
+}
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -592,10 +614,11 @@ class GeminiTestServer:
         record.scripted = reply is not None
         if reply is not None:
             return reply
-        return self._default_reply(record.model or "") if record.kind == "generate_content" else Reply()
+        return self._default_reply(record) if record.kind in _GENERATE_KINDS else Reply()
 
-    def _default_reply(self, model: str) -> Reply:
-        """Rate limit, then random failures, then an image or a text answer depending on the model."""
+    def _default_reply(self, record: RecordedRequest) -> Reply:
+        """Rate limit, then random failures, then an image or a text answer depending on the model (a structured
+        request: the JSON its schema asks for, see the module's docstring)."""
         with self._lock:
             retry_after = self._take_token()
             if retry_after is not None:
@@ -604,7 +627,9 @@ class GeminiTestServer:
             failed = self.failure_rate > 0 and self._random.random() < self.failure_rate
         if failed:
             return internal_error_reply()
-        return self._model_answer(model)
+        if record.kind == "judge":
+            return _structured_reply(record.body)
+        return self._model_answer(record.model or "")
 
     def _model_answer(self, model: str) -> Reply:
         """An image for image models, a description for the others (the catalogue's kind, else the id)."""
@@ -650,10 +675,10 @@ class GeminiTestServer:
     def _respond(self, record: RecordedRequest, reply: Reply, params: dict[str, str], raw: bytes) -> _Response:
         """The HTTP answer for ``reply``; a body-less reply becomes the endpoint's normal answer."""
         if reply.body is None:
-            if record.kind != "generate_content":
+            if record.kind not in _GENERATE_KINDS:
                 return self._serve(record, params, raw)
-            reply = self._default_reply(record.model or "")  # slow_reply() of the default answer
-        if record.kind != "generate_content":
+            reply = self._default_reply(record)  # slow_reply() of the default answer
+        if record.kind not in _GENERATE_KINDS:
             return _Response.json(reply.status, reply.body)
         return _Response.json(reply.status, self._finish_body(reply, record.model or "", record.body))
 
@@ -942,7 +967,8 @@ class GeminiTestServer:
         body.setdefault("responseId", uuid.uuid4().hex[:22])
         usage = body.setdefault("usageMetadata", {})
         usage.setdefault("promptTokenCount", _prompt_tokens(request_body))
-        usage["totalTokenCount"] = usage["promptTokenCount"] + usage.get("candidatesTokenCount", 0)
+        output = usage.get("candidatesTokenCount", 0) + usage.get("thoughtsTokenCount", 0)
+        usage["totalTokenCount"] = usage["promptTokenCount"] + output
         return body
 
 
@@ -1044,7 +1070,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=dict(self.headers.items()),
             body=body,
             started=time.monotonic(),
-            kind=kind,
+            kind="judge" if kind == "generate_content" and _is_structured(body) else kind,
         )
         gemini._arrive(record)
         answered = False
@@ -1073,6 +1099,78 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.payload)
         self.wfile.flush()
+
+
+def _is_structured(body: Any) -> bool:
+    """A generateContent asking for JSON of a schema (structured output)."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    if not isinstance(config, dict) or config.get("responseMimeType") != "application/json":
+        return False
+    return "responseSchema" in config or "responseJsonSchema" in config
+
+
+JUDGE_THOUGHTS_TOKENS = 120  # a structured answer's thinking tokens (billed as output, like Gemini 3's)
+
+
+def _request_text(body: dict[str, Any]) -> str:
+    return " ".join(part.get("text", "") for content in body.get("contents", []) for part in content.get("parts", []))
+
+
+def _structured_reply(body: dict[str, Any]) -> Reply:
+    """The default answer to a structured request: JSON of its schema, shaped by the markers in its text."""
+    text = _request_text(body)
+    marker = _QJUDGE.search(text)
+    if marker is not None and marker.group(1) == "500":
+        return internal_error_reply()
+    if marker is not None and marker.group(1) == "safety":
+        return blocked_reply("SAFETY")
+    if marker is not None and marker.group(1) == "garbage":
+        return text_reply("Sure! The portrait looks great {score: ninety")
+    config = body["generationConfig"]
+    schema = config.get("responseSchema") or config.get("responseJsonSchema") or {}
+    answer = _conforming(schema, text, set(_QFAIL.findall(text)))
+    reply = text_reply(json.dumps(answer))
+    assert reply.body is not None
+    reply.body["usageMetadata"]["thoughtsTokenCount"] = JUDGE_THOUGHTS_TOKENS
+    return reply
+
+
+def _conforming(schema: dict[str, Any], text: str, failing: set[str], name: str = "") -> Any:
+    """A value of `schema` (the API's Schema, or JSON Schema): what constrained decoding would allow."""
+    kind = str(schema.get("type", "")).upper()
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if kind == "OBJECT":
+        properties: dict[str, Any] = schema.get("properties", {})
+        order = schema.get("propertyOrdering") or list(properties)
+        required = set(schema.get("required", properties))
+        return {key: _conforming(properties[key], text, failing, key) for key in order if key in required}
+    if kind == "ARRAY":
+        items: dict[str, Any] = schema.get("items", {})
+        names = items.get("properties", {}).get("name", {}).get("enum")
+        if not names:
+            return [_conforming(items, text, failing)]
+        asked = [value for value in names if value in text] or names
+        return [_criterion(items, value, text, failing) for value in asked]
+    if kind == "BOOLEAN":
+        return True
+    if kind in ("INTEGER", "NUMBER"):
+        low, high = float(schema.get("minimum", 0)), float(schema.get("maximum", 100))
+        share = 0.4 if failing and name == "score" else 0.95
+        value = low + (high - low) * share
+        return round(value) if kind == "INTEGER" else value
+    return "looks fine"
+
+
+def _criterion(items: dict[str, Any], value: str, text: str, failing: set[str]) -> dict[str, Any]:
+    item = _conforming(items, text, failing)
+    item["name"] = value
+    for key, prop in items.get("properties", {}).items():
+        if str(prop.get("type", "")).upper() == "BOOLEAN":
+            item[key] = value not in failing
+    if value in failing and "reason" in item:
+        item["reason"] = "QFAIL marker"
+    return item
 
 
 def _prompt_tokens(request_body: dict[str, Any]) -> int:
