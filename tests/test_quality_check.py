@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from portrait_pipeline.audit.models import NOT_SCORED, SCORED, ImageQualityScore, PlayerImageAsset
 from portrait_pipeline.audit.queries import latest_snapshot
@@ -20,6 +20,7 @@ from portrait_pipeline.defs.resources import (
     PortraitSettings,
     QualitySettings,
 )
+from portrait_pipeline.generation import judge
 from tests.helpers import resources_for
 from tests.test_checks import PARTITION, evaluations, generate, run_checks
 
@@ -106,7 +107,11 @@ def test_quality_warns_below_the_pass_rate_and_lists_the_worst_images(
     score(roster_loaded, images[3], 81)  # rescored: the newest row is the verdict
     score(roster_loaded, images[4], 60, {"style": "photo-real face"})
     score(roster_loaded, images[5], None, {"reason": "judge error: HTTP 503"})
-    # Player 6's image has no row at all: it counts as not scored, never as a zero.
+    # Player 6's image has no row at all (the offline run wrote "not scored: offline renderer" rows; its is
+    # removed, as for an image made before the judge): it counts as not scored, never as a zero.
+    with roster_loaded.session() as db:
+        db.execute(delete(ImageQualityScore).where(ImageQualityScore.asset_id == images[6]))
+        db.commit()
     expected = expected_figures(roster_loaded, list(images.values()))
     assert (expected["scored"], expected["pass_rate"]) == (4, 0.5)  # the data is what this test says it is
 
@@ -145,13 +150,14 @@ def test_quality_passes_and_says_why_when_nothing_was_scored(
     )
     generate(resources, instance, {"player_ids": [1, 2, 3]})
     images = stored_images(roster_loaded)
-    for player_id in (1, 2):
-        score(roster_loaded, images[player_id], None, {"reason": "offline renderer: no GEMINI_API_KEY"})
+    # The offline run wrote a "not scored" row per image (no judge without a key); player 3's is removed, as for
+    # an image made before the judge existed.
+    with roster_loaded.session() as db:
+        db.execute(delete(ImageQualityScore).where(ImageQualityScore.asset_id == images[3]))
+        db.commit()
     evaluation = evaluations(run_checks(resources, instance))["quality"]
     assert evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
-    assert evaluation.description == (
-        "not scored: offline renderer: no GEMINI_API_KEY (2 images); no score recorded (1 image)"
-    )
+    assert evaluation.description == f"not scored: {judge.OFFLINE} (2 images); no score recorded (1 image)"
     assert (evaluation.metadata["scored"].value, evaluation.metadata["not_scored"].value) == (0, 3)
     figures = {"pass_rate", "mean_score", "min_score", "median_score", "score_histogram", "worst_images"}
     assert figures.isdisjoint(evaluation.metadata)  # no made-up zeros
