@@ -571,6 +571,10 @@ def two_cli_processes(pacing: str) -> tuple[Figures, float, int]:
         home = folder / "dagster_home"
         home.mkdir()
         shutil.copy(REPO_ROOT / "dagster.dev.yaml", home / "dagster.yaml")  # the CLI's instance, shared
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(home)):
+            pass  # its storage made once here: two CLIs creating it at once race on its tables
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "S3_", "DAGSTER_", "PORTRAIT_"))},
             "PYTHONPATH": str(REPO_ROOT),

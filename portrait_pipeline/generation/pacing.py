@@ -87,19 +87,22 @@ class Pacer:
     def reserve(self) -> Ticket:
         """The next start time, reserved: callers sleep until it (see `wait`).
 
-        With a store the time comes from it (every process's reservations, one `interval` apart); `_next` still
-        tracks this process's latest one, which `throttled` needs and which paces alone if the store fails.
+        With a store the time comes from it (every process's reservations, one `interval` apart), asked outside
+        the lock so that a database round trip never holds up the process's other reservations (the store is
+        atomic itself); `_next` still tracks this process's latest one, which `throttled` needs and which paces
+        alone if the store fails.
         """
         with self._lock:
             now = time.time()
             self._recover(now)
-            interval = 1.0 / self.rate
+            rate = self.rate
             not_before = max(now, self._paused_until)
-            at = self._reserve_shared(interval, not_before) if self.store is not None else None
+        at = self._reserve_shared(1.0 / rate, not_before) if self.store is not None else None
+        with self._lock:
             if at is None:
                 at = max(not_before, self._next)
-            self._next = max(self._next, at + interval)
-            return Ticket(at, self.rate)
+            self._next = max(self._next, at + 1.0 / rate)
+            return Ticket(at, rate)
 
     def _reserve_shared(self, interval: float, not_before: float) -> float | None:
         """The store's start time; None (and one warning until it answers again) when it cannot be asked."""
