@@ -71,18 +71,15 @@ def run_together(commands: list[list[str]], env: dict[str, str], logs: Path) -> 
 
 
 def test_two_processes_share_one_rate(database: DatabaseResource, tmp_path: Path) -> None:
-    """Two processes (two threads each) reserve 30 start times each at 40 a second: merged, the 60 starts are
-    at least 1/40 s apart and all distinct, and the two processes' starts interleave (they ran at once)."""
-    rate = 40.0
+    """Two processes (two threads each) reserve 30 start times each at 20 a second: merged, the 60 starts are
+    at least 1/20 s apart and all distinct, and the two processes' starts interleave (they ran at once)."""
+    rate = 20.0
     command = ["reserve", "--database-url", database.url, "--rate", str(rate), "--count", "30", "--threads", "2"]
     first, second = run_together([command, command], dict(os.environ), tmp_path / "logs")
     starts = sorted(first["starts"] + second["starts"])
     assert len(starts) == 60 and len(set(starts)) == 60
     assert min(gaps(starts)) >= 1 / rate - EPSILON, f"starts {min(gaps(starts)):.4f} s apart: the rate doubled"
     assert max(min(first["starts"]), min(second["starts"])) < min(max(first["starts"]), max(second["starts"]))
-    # One reservation is one short statement: nowhere near the 25 ms between two starts at this rate.
-    latencies = sorted(first["latencies"] + second["latencies"])
-    print(f"reserve latency ({db.engine_for(database.url).dialect.name}): median {latencies[30] * 1000:.1f} ms")
 
 
 def test_a_reservation_waits_for_not_before_and_keeps_the_interval_after_it(database: DatabaseResource) -> None:
