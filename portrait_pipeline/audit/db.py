@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,6 +62,12 @@ def _engine(normalized: str) -> Engine:
         max_overflow=10,
         connect_args={"options": postgres_options(normalized)},
     )
+
+
+def dialect_insert(engine: Engine) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    """The INSERT construct with ON CONFLICT of the engine's database (PostgreSQL's or SQLite's): the atomic
+    claims and reservations are single upserts on both."""
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 def postgres_options(url: str) -> str:

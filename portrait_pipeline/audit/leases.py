@@ -16,9 +16,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit.db import dialect_insert
 from portrait_pipeline.audit.models import GenerationLease, utcnow
 
 # Long enough for a renewal to be late on a busy machine; short enough that a dead run's players are free again
@@ -37,8 +37,7 @@ def claim(
 ) -> str | None:
     """Claim the player's portrait in this style for `owner`; None if claimed, else who holds it."""
     now = utcnow()
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    values = insert(GenerationLease).values(
+    values = dialect_insert(engine)(GenerationLease).values(
         player_id=player_id,
         style=style,
         owner=owner,

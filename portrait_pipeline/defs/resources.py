@@ -20,6 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit.call_pacing import DatabaseSlotStore
 from portrait_pipeline.audit.db import DEFAULT_DATABASE_URL, REPO_ROOT, check_migrated, engine_for, session_scope
 from portrait_pipeline.cohorts import default_current_draft_year
 from portrait_pipeline.errors import ConfigurationError, InvalidInput
@@ -34,6 +35,7 @@ from portrait_pipeline.generation.gemini import (
 )
 from portrait_pipeline.generation.judge import DEFAULT_MAX_RETRIES, DEFAULT_THRESHOLD, Judge, QualityPolicy
 from portrait_pipeline.generation.offline import OfflineRenderer
+from portrait_pipeline.generation.pacing import quota_id
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.generation.renderer import Renderer
 from portrait_pipeline.likeness import FetchPolicy, LikenessService
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 RendererChoice = Literal["auto", "gemini", "offline"]
 RENDERER_CHOICES: tuple[RendererChoice, ...] = get_args(RendererChoice)
+SharedPacing = Literal["database", "process"]
 DEFAULT_IMAGE_DIR = REPO_ROOT / ".portraits" / "images"
 DEFAULT_MAX_FAILURE_RATE = 0.10
 
@@ -97,6 +100,30 @@ class PortraitS3Resource(S3Resource):
         )
 
 
+class DatabaseResource(dg.ConfigurableResource):
+    """The app's database (players and the audit trail): SQLite by default, PostgreSQL in production."""
+
+    url: str = Field(default=DEFAULT_DATABASE_URL, description="DATABASE_URL: a SQLAlchemy URL")
+
+    @property
+    def engine(self) -> Engine:
+        return engine_for(self.url)
+
+    _migrated: bool = PrivateAttr(default=False)
+
+    def check(self) -> Engine:
+        """The engine, after making sure the schema is migrated (a clear error otherwise); checked once."""
+        if not self._migrated:
+            check_migrated(self.engine)
+            self._migrated = True
+        return self.engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.check()) as db:
+            yield db
+
+
 class GeminiResource(dg.ConfigurableResource):
     """Gemini settings and client; without an API key the offline renderer stands in."""
 
@@ -118,7 +145,19 @@ class GeminiResource(dg.ConfigurableResource):
     retry_max_s: float = Field(default=60.0, ge=0, description="Longest backoff delay")
     max_concurrency: int = Field(default=8, ge=1, description="GEMINI_MAX_CONCURRENCY: calls in flight per process")
     requests_per_minute: int = Field(
-        default=60, ge=1, description="GEMINI_REQUESTS_PER_MINUTE, shared by every run of the process"
+        default=60,
+        ge=1,
+        description="GEMINI_REQUESTS_PER_MINUTE, shared by every process on the database (see shared_pacing)",
+    )
+    shared_pacing: SharedPacing = Field(
+        default="database",
+        description="GEMINI_SHARED_PACING: database (one rate for every process using `database`) or process "
+        "(each process keeps the rate on its own)",
+    )
+    database: DatabaseResource | None = Field(
+        default=None,
+        description="The database whose call_pacing rows pace every process (resources_from_env sets it); "
+        "without one, this process paces alone",
     )
     quota_wait_s: float = Field(
         default=900.0, ge=0, description="How long a call waits out 429s before they use up its attempts"
@@ -172,8 +211,16 @@ class GeminiResource(dg.ConfigurableResource):
                 requests_per_minute=self.requests_per_minute,
                 max_concurrency=self.max_concurrency,
                 retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s, self.quota_wait_s),
+                store=self.slot_store(),
             )
         return self._client
+
+    def slot_store(self) -> DatabaseSlotStore | None:
+        """Where the client's start times are reserved: the database's row for this key and endpoint, or None
+        (this process alone) with GEMINI_SHARED_PACING=process or no database."""
+        if self.shared_pacing == "process" or self.database is None or not self.api_key:
+            return None
+        return DatabaseSlotStore(self.database.check(), quota_id(self.api_key, self.base_url))
 
     def image_pricing(self) -> ImagePricing:
         """The image model's sizes and prices: the registry's, GEMINI_IMAGE_PRICE_USD where it has none."""
@@ -249,30 +296,6 @@ class GeminiResource(dg.ConfigurableResource):
     def judge(self) -> Judge | None:
         """The quality judge (its model must have token prices in the registry); None offline."""
         return Judge(GeminiStructured(self.client(), self.judge_model)) if self.uses_gemini else None
-
-
-class DatabaseResource(dg.ConfigurableResource):
-    """The app's database (players and the audit trail): SQLite by default, PostgreSQL in production."""
-
-    url: str = Field(default=DEFAULT_DATABASE_URL, description="DATABASE_URL: a SQLAlchemy URL")
-
-    @property
-    def engine(self) -> Engine:
-        return engine_for(self.url)
-
-    _migrated: bool = PrivateAttr(default=False)
-
-    def check(self) -> Engine:
-        """The engine, after making sure the schema is migrated (a clear error otherwise); checked once."""
-        if not self._migrated:
-            check_migrated(self.engine)
-            self._migrated = True
-        return self.engine
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with session_scope(self.check()) as db:
-            yield db
 
 
 class ImageStorageResource(dg.ConfigurableResource):
@@ -414,6 +437,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
         "image_price_usd": "GEMINI_IMAGE_PRICE_USD",
         "max_concurrency": "GEMINI_MAX_CONCURRENCY",
         "requests_per_minute": "GEMINI_REQUESTS_PER_MINUTE",
+        "shared_pacing": "GEMINI_SHARED_PACING",
         "renderer_choice": "PORTRAIT_RENDERER",
     },
     "settings": {
@@ -447,12 +471,16 @@ def resources_from_env() -> dict[str, Any]:
     variable's name, never a value such as the password in DATABASE_URL. Numbers, switches and choices are not
     secrets: pydantic reads them from the variable's text ("8", "true", "0.1") and checks them here.
     """
-    return {key: _resource_from_env(key) for key in RESOURCE_TYPES}
+    resources = {key: _resource_from_env(key) for key in RESOURCE_TYPES if key != "gemini"}
+    # Gemini paces its calls through the same database (call_pacing), so every process keeps one rate.
+    gemini = _resource_from_env("gemini", database=resources["database"])
+    return {key: gemini if key == "gemini" else resources[key] for key in RESOURCE_TYPES}
 
 
-def _resource_from_env(key: str) -> dg.ConfigurableResource:
+def _resource_from_env(key: str, **resources: dg.ConfigurableResource) -> dg.ConfigurableResource:
+    """One resource from its variables; `resources`: the other resources it holds (nested, as Dagster allows)."""
     cls, variables = RESOURCE_TYPES[key], ENVIRONMENT[key]
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {**resources}
     for field, name in variables.items():
         value = os.environ.get(name)
         if value:

@@ -7,7 +7,8 @@ answers with 429s. `Pacer` hands out start times one `1 / rate` apart instead (n
 Why shared: a selection spans many partitions, and the CLI runs them at once in one process (one Dagster run
 each). The quota is the project's, not a run's, so every run of the process takes its start times from one
 `Pacer` and its calls in flight from one `CallSlots`, found by `shared_pacing` under the quota's identity.
-Runs in other processes (the daemon's) share the start times through a `SlotStore` (the app's database).
+Runs in other processes (the daemon's, a second CLI) take their start times from the same `SlotStore` (the app's
+database, `audit/call_pacing.py`): one rate for every process. Their 429 handling (below) stays per process.
 
 Why adaptive: a 429 means the server's rate is below ours (a lower tier, another client on the project). The
 rate halves (at most once per round of calls: 429s for calls started at the old rate do not halve it again),
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections import deque
@@ -31,13 +33,29 @@ DECREASE_FACTOR = 0.5  # multiplicative decrease on a 429
 RECOVERY_S = 20.0  # additive increase: the full configured rate regained from zero in this many seconds
 DEFAULT_PAUSE_S = 1.0  # a 429 without RetryInfo pauses new starts this long
 MIN_RATE_SHARE = 1 / 64  # the rate never drops below this share of the configured one
+QUOTA_ID_CHARS = 32  # hex digits of the digest that names a quota: 128 bits tell quotas apart
+
+log = logging.getLogger(__name__)
+
+
+def quota_id(api_key: str, base_url: str | None) -> str:
+    """The name of one quota (a key at an endpoint), computed in memory: it tells quotas apart and is safe to store,
+    since a digest of a key cannot be turned back into the key (Gemini keys are long random strings)."""
+    endpoint = (base_url or "").rstrip("/")
+    text = f"portrait-pipeline call pacing\n{endpoint}\n{api_key}"
+    return hashlib.sha256(text.encode()).hexdigest()[:QUOTA_ID_CHARS]
+
+
+class SlotStoreUnavailable(Exception):
+    """The shared store could not be asked (database down or locked): the process paces alone meanwhile."""
 
 
 class SlotStore(Protocol):
     """Start times shared between processes: each reservation is the next free one, `interval_s` after the last."""
 
     def reserve(self, interval_s: float, not_before: float) -> float:
-        """The start time (time.time()) reserved for one call, no earlier than `not_before`."""
+        """The start time (time.time()) reserved for one call, no earlier than `not_before`; raises
+        SlotStoreUnavailable when the store cannot be asked."""
         ...
 
 
@@ -64,20 +82,42 @@ class Pacer:
         self._paused_until = 0.0
         self._decreased_at = 0.0
         self._changed_at = time.time()
+        self._store_failed = False
 
     def reserve(self) -> Ticket:
-        """The next start time, reserved: callers sleep until it (see `wait`)."""
+        """The next start time, reserved: callers sleep until it (see `wait`).
+
+        With a store the time comes from it (every process's reservations, one `interval` apart), asked outside
+        the lock so that a database round trip never holds up the process's other reservations (the store is
+        atomic itself); `_next` still tracks this process's latest one, which `throttled` needs and which paces
+        alone if the store fails.
+        """
         with self._lock:
             now = time.time()
             self._recover(now)
-            interval = 1.0 / self.rate
+            rate = self.rate
             not_before = max(now, self._paused_until)
-            if self.store is None:
+        at = self._reserve_shared(1.0 / rate, not_before) if self.store is not None else None
+        with self._lock:
+            if at is None:
                 at = max(not_before, self._next)
-                self._next = at + interval
-            else:
-                at = self.store.reserve(interval, not_before)
-            return Ticket(at, self.rate)
+            self._next = max(self._next, at + 1.0 / rate)
+            return Ticket(at, rate)
+
+    def _reserve_shared(self, interval: float, not_before: float) -> float | None:
+        """The store's start time; None (and one warning until it answers again) when it cannot be asked."""
+        assert self.store is not None
+        try:
+            at = self.store.reserve(interval, not_before)
+        except SlotStoreUnavailable as exc:
+            if not self._store_failed:
+                log.warning("%s: pacing this process alone until it answers again", exc)
+            self._store_failed = True
+            return None
+        if self._store_failed:
+            log.warning("the shared call pacing answers again: pacing with the other processes")
+        self._store_failed = False
+        return at
 
     async def wait(self) -> Ticket:
         """Sleep until this call's start time; the shared store, if any, is asked from a worker thread."""
@@ -177,7 +217,7 @@ class Pacing:
     slots: CallSlots
 
 
-_shared: dict[tuple[str, ...], Pacing] = {}
+_shared: dict[tuple[str, str, str, SlotStore | None], Pacing] = {}
 _shared_lock = threading.Lock()
 
 
@@ -186,10 +226,10 @@ def shared_pacing(
 ) -> Pacing:
     """The process's pacing for one quota: the same key and endpoint (and settings) get the same pacer and slots.
 
-    The key is hashed in memory only, to tell projects apart; it is never stored or shown.
+    The key is hashed in memory only (`quota_id`), to tell projects apart; it is never stored or shown. Runs with
+    equal stores (the same database and quota) share one pacer; a store must therefore be hashable.
     """
-    quota = hashlib.sha256(api_key.encode()).hexdigest()
-    key = (quota, base_url or "", str(requests_per_minute), str(max_concurrency), "db" if store else "local")
+    key = (quota_id(api_key, base_url), str(requests_per_minute), str(max_concurrency), store)
     with _shared_lock:
         pacing = _shared.get(key)
         if pacing is None:
