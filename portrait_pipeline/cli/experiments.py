@@ -209,11 +209,12 @@ def render_report(report: dict[str, Any]) -> str:
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.database.session() as db:
         found = [(experiment, records.spec_of(experiment)) for experiment in records.all_experiments(db)]
-    print(f"{'name':<40}{'draft':<7}{'style':<9}{'players':>8}  {'lane':<10}{'reported (UTC)':<18}variants")
+    width = max([len(spec.name) for _, spec in found] + [4]) + 2
+    print(f"{'name':<{width}}{'draft':<7}{'style':<9}{'players':>8}  {'lane':<10}{'reported (UTC)':<18}variants")
     for experiment, spec in found:
         reported = f"{experiment.reported_at:%Y-%m-%d %H:%M}" if experiment.reported_at else "-"
         print(
-            f"{spec.name:<40}{spec.draft_year:<7}{spec.style:<9}{len(spec.player_ids):>8}  {spec.lane:<10}"
+            f"{spec.name:<{width}}{spec.draft_year:<7}{spec.style:<9}{len(spec.player_ids):>8}  {spec.lane:<10}"
             f"{reported:<18}{', '.join(spec.variants)}"
         )
     print(f"{len(found)} experiment(s)")

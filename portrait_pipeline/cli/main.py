@@ -398,12 +398,15 @@ def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:
             for key in {(a.player_id, a.style) for a, _ in rows}
             if (asset := queries.current_asset(db, *key)) is not None
         }
-    print(f"{'asset':>6}  {'player':<30}{'draft':<10}{'style':<9}{'status':<10}{'when (UTC)':<18}{'live':>6}  image")
+    print(
+        f"{'asset':>6}  {'player':<30}{'draft':<10}{'style':<9}{'status':<10}{'variant':<19}{'when (UTC)':<18}"
+        f"{'live':>6}  image"
+    )
     for asset, player in rows:
         live_id = current.get((asset.player_id, asset.style))
         print(
             f"{asset.id:>6}  {f'{player.id} {player.display_name}':<30}{queries.draft_year_key(player.draft_year):<10}"
-            f"{asset.style:<9}{asset.review_status:<10}{asset.created_at:%Y-%m-%d %H:%M}  "
+            f"{asset.style:<9}{asset.review_status:<10}{asset.prompt_variant:<19}{asset.created_at:%Y-%m-%d %H:%M}  "
             f"{live_id if live_id is not None else '-':>6}  {asset.public_url}"
         )
         if asset.review_reason or asset.guidance:
