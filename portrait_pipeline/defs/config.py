@@ -47,8 +47,8 @@ class PortraitRunConfig(dg.Config):
     )
     prompt_variant: str = Field(
         default=DEFAULT_VARIANT,
-        description=f"Named prompt variant ({', '.join(PROMPT_VARIANTS)}); images of another than default never go "
-        "live: they wait for review (prompt experiments)",
+        description=f"Named prompt variant ({', '.join(PROMPT_VARIANTS)}); images of any but default wait for "
+        "review and never go live (prompt experiments)",
     )
 
     @model_validator(mode="after")
@@ -56,6 +56,10 @@ class PortraitRunConfig(dg.Config):
         check_likeness_url(self.likeness_url, self.player_ids)
         if self.lane == "batch" and (self.fetch_likeness or self.likeness_url):
             raise InvalidInput("--batch (lane batch) with --fetch-likeness: the batch lane has no likeness step yet")
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_variant_is_known(self) -> PortraitRunConfig:
         if self.prompt_variant not in PROMPT_VARIANTS:
             raise InvalidInput(
                 f"--prompt-variant (prompt_variant) {self.prompt_variant!r}: choose {', '.join(PROMPT_VARIANTS)}"
