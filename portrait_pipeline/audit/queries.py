@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from portrait_pipeline.audit.models import (
+    DEFAULT_VARIANT,
     NOT_SCORED,
     PENDING,
     REJECTED,
@@ -25,6 +26,7 @@ from portrait_pipeline.audit.models import (
 from portrait_pipeline.errors import InvalidInput
 
 UNDRAFTED = "undrafted"
+EXPERIMENT_RUN_KEY_PREFIX = "experiment:"  # snapshots of `experiment run`: experiment:{name}:{variant}
 
 
 def draft_year_key(draft_year: int | None) -> str:
@@ -78,9 +80,29 @@ def players_with_current_image(db: Session, style: str, player_ids: Sequence[int
     return set(db.scalars(query))
 
 
+def experiment_run_key(name: str, variant: str) -> str:
+    """The run key of one variant's snapshots in a prompt experiment: what ties its images to the experiment."""
+    return f"{EXPERIMENT_RUN_KEY_PREFIX}{name}:{variant}"
+
+
+def is_trial_snapshot(run_key: str, prompt_variant: str | None) -> bool:
+    """A snapshot whose images never go live: a prompt variant other than the default, or any arm of a prompt
+    experiment (its default arm too: every arm is treated alike, so the comparison is fair). Its images wait for a
+    reviewer's verdict, which the experiment report counts, and never replace a player's current portrait."""
+    return (prompt_variant or DEFAULT_VARIANT) != DEFAULT_VARIANT or run_key.startswith(EXPERIMENT_RUN_KEY_PREFIX)
+
+
+def is_trial_image() -> ColumnElement[bool]:
+    """Image rows of trial snapshots (`is_trial_snapshot`), in SQL."""
+    experiment = PlayerImageSnapshot.run_key.startswith(EXPERIMENT_RUN_KEY_PREFIX)
+    in_experiment = PlayerImageAsset.snapshot_id.in_(select(PlayerImageSnapshot.id).where(experiment))
+    return (PlayerImageAsset.prompt_variant != DEFAULT_VARIANT) | in_experiment
+
+
 def is_pending_review(style: str | None = None) -> ColumnElement[bool]:
-    """Image rows waiting for a reviewer (of one style)."""
-    pending = (PlayerImageAsset.review_status == PENDING) & (PlayerImageAsset.status == "succeeded")
+    """Image rows waiting for a reviewer to let them go live (of one style). Trial images wait for a reviewer too,
+    but never go live, so they are not counted: a player with only a trial image still needs a portrait."""
+    pending = (PlayerImageAsset.review_status == PENDING) & (PlayerImageAsset.status == "succeeded") & ~is_trial_image()
     return pending if style is None else pending & (PlayerImageAsset.style == style)
 
 
@@ -101,13 +123,15 @@ def correction_for(db: Session, player_id: int, style: str) -> PlayerImageAsset 
 
 
 def latest_image(db: Session, player_id: int, style: str) -> PlayerImageAsset | None:
-    """The player's newest generated image in the style, whatever its review status."""
+    """The player's newest generated image in the style, whatever its review status; trial images (experiments)
+    aside, since they never go live and nothing corrects them."""
     return db.scalar(
         select(PlayerImageAsset)
         .where(
             PlayerImageAsset.player_id == player_id,
             PlayerImageAsset.style == style,
             PlayerImageAsset.status == "succeeded",
+            ~is_trial_image(),
         )
         .order_by(PlayerImageAsset.id.desc())
         .limit(1)

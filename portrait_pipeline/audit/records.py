@@ -12,8 +12,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit.models import (
     APPROVED,
+    DEFAULT_VARIANT,
     PENDING,
     REJECTED,
     ImageQualityScore,
@@ -43,6 +45,7 @@ class SnapshotSpec:
     notes: str | None = None
     dagster_run_id: str | None = None
     partition_key: str | None = None
+    prompt_variant: str = DEFAULT_VARIANT  # prompts.PROMPT_VARIANTS; system_prompt(_version) are the variant's
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class GenerationRecord:
     total_tokens: int | None = None
     cost_usd: Decimal = Decimal("0")
     replaces_asset_id: int | None = None  # the rejected image this attempt corrects (the review desk)
+    prompt_variant: str = DEFAULT_VARIANT  # the snapshot's; system_prompt_version is that variant's version
 
 
 @dataclass(frozen=True)
@@ -292,12 +296,13 @@ def finish_snapshot(db: Session, snapshot_id: int, *, skipped: int, status: str)
     """Count the outcomes from the asset rows and make the snapshot current for its (draft year, style).
 
     A run in which every attempt failed never displaces the last good snapshot, nor does an interrupted one
-    (like a killed run's, closed by `close_interrupted_snapshots`).
+    (like a killed run's, closed by `close_interrupted_snapshots`), nor a trial run (a prompt experiment's).
     """
     snapshot = db.get_one(PlayerImageSnapshot, snapshot_id)
     _close(db, snapshot, status)
     snapshot.skipped_count = skipped
-    if status != "interrupted" and (snapshot.success_count or not snapshot.failure_count):
+    trial = queries.is_trial_snapshot(snapshot.run_key, snapshot.prompt_variant)
+    if status != "interrupted" and not trial and (snapshot.success_count or not snapshot.failure_count):
         db.execute(
             update(PlayerImageSnapshot)
             .where(

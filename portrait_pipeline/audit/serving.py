@@ -94,6 +94,12 @@ def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerIm
     asset = audit.succeeded_asset(db, asset_id, "promote")
     if asset.review_status == PENDING:
         raise InvalidInput(f"asset {asset_id}: it is pending review; use `portrait-pipeline review approve`")
+    if is_trial(asset):
+        raise InvalidInput(
+            f"asset {asset_id}: a trial image (prompt variant {asset.prompt_variant}, run {asset.snapshot.run_key}) "
+            "never goes live; to serve a variant, promote it in prompts.py (a code change with a version bump) and "
+            "regenerate"
+        )
     player = db.get_one(Player, asset.player_id)
     data = _read_audited(storage, asset.s3_key or "", asset.content_sha256)
     previous = queries.current_asset(db, player.id, asset.style)
@@ -112,12 +118,21 @@ def promote_asset(db: Session, storage: ImageStorage, asset_id: int) -> PlayerIm
 
 def approve(db: Session, storage: ImageStorage, asset_id: int, reviewer: str) -> PlayerImageAsset:
     """A reviewer's yes: the image becomes current (alias and partition index follow, as for a promotion) and the
-    row says who approved it and when, in the same commit. Only an image waiting for review can be approved."""
+    row says who approved it and when, in the same commit. Only an image waiting for review can be approved.
+    A trial image (a prompt experiment's) is only marked approved: the verdict counts in the experiment's report."""
     asset = audit.succeeded_asset(db, asset_id, "approve")
     if asset.review_status != PENDING:
         raise InvalidInput(f"asset {asset_id}: it is {asset.review_status}, not pending review; use promote instead")
     audit.mark_approved(asset, reviewer)
+    if is_trial(asset):
+        db.commit()
+        return asset
     return promote_asset(db, storage, asset_id)
+
+
+def is_trial(asset: PlayerImageAsset) -> bool:
+    """Whether the image belongs to a trial snapshot (see `queries.is_trial_snapshot`): it never goes live."""
+    return queries.is_trial_snapshot(asset.snapshot.run_key, asset.prompt_variant)
 
 
 def _read_audited(storage: ImageStorage, key: str, sha256: str | None) -> bytes:

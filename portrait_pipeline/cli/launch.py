@@ -33,6 +33,7 @@ from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
 from portrait_pipeline.interrupts import StopRequest, exit_status
 from portrait_pipeline.model_registry import ImagePricing, ImageSize, parse_image_size, usd
+from portrait_pipeline.prompts import prompt_variant
 from portrait_pipeline.styles import Style, parse_style
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "notes": args.notes,
         "grace_period_s": args.grace_period,
         "lane": "batch" if args.batch else "standard",
+        "prompt_variant": args.prompt_variant,
     }
 
 
@@ -139,6 +141,7 @@ def render_plan(plan: GenerationPlan) -> str:
     lines = [
         f"Dry run for {plan.label}: model {plan.model}, size {size}, {usd(pricing.standard_usd(size))} an image "
         f"(batch {usd(pricing.batch_usd(size))}). Nothing generated, nothing written.",
+        *dict.fromkeys(variant_line(launch.config.prompt_variant) for launch in plan.partitions),
         f"{'partition':<22}{'players':>8}{'generate':>10}{'skip':>6}{'standard':>12}{'batch':>12}",
     ]
     for launch in plan.partitions:
@@ -157,6 +160,13 @@ def render_plan(plan: GenerationPlan) -> str:
     if pricing.standard_usd(size) is None:
         lines.append(f"{plan.model} has no {size} price in the model registry: set GEMINI_IMAGE_PRICE_USD to run it.")
     return "\n".join(lines)
+
+
+def variant_line(name: str) -> str:
+    """What a prompt variant is, in one line: name, version, what it changes, and whether its images go live."""
+    variant = prompt_variant(name)
+    live = "" if variant.is_default else "; its images wait for review and never go live"
+    return f"Prompt variant {variant.name} ({variant.version}): {variant.changes}{live}."
 
 
 @dataclass

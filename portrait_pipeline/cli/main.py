@@ -19,14 +19,16 @@ from sqlalchemy.orm import Session
 
 from portrait_pipeline import roster
 from portrait_pipeline.audit.db import REPO_ROOT, describe_error
-from portrait_pipeline.audit.models import PENDING, REVIEW_STATUSES, Player
-from portrait_pipeline.audit.queries import current_styles, draft_year_key
+from portrait_pipeline.audit.models import DEFAULT_VARIANT, PENDING, REVIEW_STATUSES, Player
+from portrait_pipeline.audit.queries import EXPERIMENT_RUN_KEY_PREFIX, current_styles, draft_year_key
+from portrait_pipeline.cli import experiments
 from portrait_pipeline.cohorts import COHORTS, Selection, select_players
 from portrait_pipeline.defs.resources import DatabaseResource, Resources
 from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
 from portrait_pipeline.errors import ConfigurationError, InvalidInput, PortraitPipelineError, StorageError
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, stop_on_signals
-from portrait_pipeline.model_registry import IMAGE_SIZES
+from portrait_pipeline.model_registry import IMAGE_SIZES, ImageSize
+from portrait_pipeline.prompts import PROMPT_VARIANTS
 from portrait_pipeline.styles import STYLES, Style
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", action="store_true", help="through Gemini's Batch API: half the price, results within 24 h"
     )
     generate.add_argument(
+        "--prompt-variant",
+        default=DEFAULT_VARIANT,
+        metavar="NAME",
+        help=f"{', '.join(PROMPT_VARIANTS)} (default: default); another variant's images wait for review, never live",
+    )
+    generate.add_argument(
         "--grace-period",
         type=_seconds,
         default=DEFAULT_GRACE_S,
@@ -113,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_positive, default=8765)
     serve.add_argument("--by", default=None, help="the name decisions are recorded under (default: the login name)")
+    experiments.add_commands(commands)
     return parser
 
 
@@ -248,7 +257,26 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
     from portrait_pipeline.cli import launch
 
     styles = list(dict.fromkeys(launch.style_flag(value) for value in (args.style or ["default"])))
+    if args.run_key and args.run_key.startswith(EXPERIMENT_RUN_KEY_PREFIX):
+        raise UsageError(f"--run-key {args.run_key}: {EXPERIMENT_RUN_KEY_PREFIX!r} keys belong to `experiment run`")
     return _generate(ctx, selection_of(args), styles, launch.run_settings(args), args.limit, dry_run=args.dry_run)
+
+
+def preflight(ctx: Context, image_size: ImageSize, fetch_likeness: bool, dry_run: bool) -> None:
+    """Before anything is generated or written: a dead model or an unknown price stops here (exit 2)."""
+    judge = ctx.resources.settings.quality_judge
+    warnings = ctx.resources.gemini.preflight(
+        image_size=image_size, vision=fetch_likeness, judge=judge, dry_run=dry_run
+    )
+    for warning in warnings:
+        print(f"portrait-pipeline: warning: {warning}", file=sys.stderr)
+
+
+def check_storage(ctx: Context) -> None:
+    try:
+        ctx.resources.storage.get_storage().check_ready()
+    except StorageError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _generate(
@@ -258,20 +286,11 @@ def _generate(
     from portrait_pipeline.cli import launch
 
     plan = launch.plan_generation(ctx.resources, selection, styles, settings, limit)
-    # Before anything is generated or written: a dead model or an unknown price stops here (exit 2).
-    judge = ctx.resources.settings.quality_judge
-    warnings = ctx.resources.gemini.preflight(
-        image_size=plan.image_size, vision=plan.fetch_likeness, judge=judge, dry_run=dry_run
-    )
-    for warning in warnings:
-        print(f"portrait-pipeline: warning: {warning}", file=sys.stderr)
+    preflight(ctx, plan.image_size, plan.fetch_likeness, dry_run)
     if dry_run:
         print(launch.render_plan(plan))
         return EXIT_OK
-    try:
-        ctx.resources.storage.get_storage().check_ready()
-    except StorageError as exc:
-        raise ConfigurationError(str(exc)) from None
+    check_storage(ctx)
     with stop_on_signals() as stop:
         summary = launch.run_generation(ctx.instance, ctx.resources, plan, interactive=sys.stdout.isatty(), stop=stop)
     print(launch.render_summary(summary))
@@ -382,12 +401,15 @@ def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:
             for key in {(a.player_id, a.style) for a, _ in rows}
             if (asset := queries.current_asset(db, *key)) is not None
         }
-    print(f"{'asset':>6}  {'player':<30}{'draft':<10}{'style':<9}{'status':<10}{'when (UTC)':<18}{'live':>6}  image")
+    print(
+        f"{'asset':>6}  {'player':<30}{'draft':<10}{'style':<9}{'status':<10}{'variant':<19}{'when (UTC)':<18}"
+        f"{'live':>6}  image"
+    )
     for asset, player in rows:
         live_id = current.get((asset.player_id, asset.style))
         print(
             f"{asset.id:>6}  {f'{player.id} {player.display_name}':<30}{queries.draft_year_key(player.draft_year):<10}"
-            f"{asset.style:<9}{asset.review_status:<10}{asset.created_at:%Y-%m-%d %H:%M}  "
+            f"{asset.style:<9}{asset.review_status:<10}{asset.prompt_variant:<19}{asset.created_at:%Y-%m-%d %H:%M}  "
             f"{live_id if live_id is not None else '-':>6}  {asset.public_url}"
         )
         if asset.review_reason or asset.guidance:
@@ -404,6 +426,12 @@ def cmd_review_approve(args: argparse.Namespace, ctx: Context) -> int:
     for asset_id in args.asset_ids:
         with ctx.database.session() as db:
             asset = serving.approve(db, storage, asset_id, reviewer)
+            if serving.is_trial(asset):
+                print(
+                    f"asset {asset.id} approved by {reviewer}: a trial image (prompt variant {asset.prompt_variant}); "
+                    "counted in its experiment's report, never made live"
+                )
+                continue
             print(
                 f"asset {asset.id} approved by {reviewer}: now the live {asset.style} image of player {asset.player_id}"
             )
@@ -411,7 +439,7 @@ def cmd_review_approve(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_review_reject(args: argparse.Namespace, ctx: Context) -> int:
-    from portrait_pipeline.audit import queries, records
+    from portrait_pipeline.audit import queries, records, serving
     from portrait_pipeline.audit.models import PlayerImageSnapshot
     from portrait_pipeline.cli import launch
 
@@ -419,6 +447,11 @@ def cmd_review_reject(args: argparse.Namespace, ctx: Context) -> int:
         raise InvalidInput("--guidance: empty; leave it out or say what to change")
     with ctx.database.session() as db:
         target = records.succeeded_asset(db, args.asset_id, "reject")
+        if args.regenerate and serving.is_trial(target):
+            raise InvalidInput(
+                f"asset {target.id}: a trial image (prompt variant {target.prompt_variant}) never goes live, so "
+                "nothing regenerates it; reject it without --regenerate (its experiment's report counts the verdict)"
+            )
         latest = queries.latest_image(db, target.player_id, target.style)
         if args.regenerate and latest is not None and latest.id != target.id:
             # The next generation corrects the player's newest image; regenerating from an older one would not.
@@ -478,6 +511,9 @@ COMMANDS = {
     ("review", "approve"): cmd_review_approve,
     ("review", "reject"): cmd_review_reject,
     ("review", "serve"): cmd_review_serve,
+    ("experiment", "run"): experiments.cmd_run,
+    ("experiment", "report"): experiments.cmd_report,
+    ("experiment", "list"): experiments.cmd_list,
 }
 
 

@@ -31,7 +31,7 @@ from portrait_pipeline.generation.engine import PlayerOutcome
 from portrait_pipeline.generation.partition import PartitionPlan, PartitionResult, plan_partition, run_partition
 from portrait_pipeline.interrupts import stop_on_signals
 from portrait_pipeline.likeness import DescriptionOutcome, LikenessService
-from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, STYLE_BLOCKS, SYSTEM_PROMPT, SYSTEM_PROMPT_VERSION
+from portrait_pipeline.prompts import LIKENESS_PROMPT_VERSION, SYSTEM_PROMPT_VERSION, prompt_variant
 
 
 @dg.asset(
@@ -237,6 +237,7 @@ def usd_metadata(value: Decimal | None) -> float | str:
 
 def summary_metadata(result: PartitionResult) -> dict[str, Any]:
     request = result.plan.request
+    variant = prompt_variant(request.prompt_variant)
     jobs = "\n".join(f"- {note}" for note in result.notes) or "none"
     return {
         **({"batch_jobs": dg.MetadataValue.md(jobs)} if request.lane == "batch" else {}),
@@ -258,7 +259,8 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         ),
         "estimated_batch_cost_usd": usd_metadata(result.plan.estimated_batch_cost_usd),
         "image_size": request.image_size,
-        "prompt_version": SYSTEM_PROMPT_VERSION,
+        "prompt_variant": variant.name,
+        "prompt_version": variant.version,
         "run_key": result.run_key,
         "snapshot_version": result.snapshot_version,
         "snapshot_id": result.snapshot_id,
@@ -268,8 +270,8 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         "token_cost_usd": usd_metadata(result.token_cost_usd),
         "players": player_table(result),
         "wall_time_s": round(result.wall_time_s, 2),
-        "system_prompt": dg.MetadataValue.text(SYSTEM_PROMPT),
-        "style_block": dg.MetadataValue.text(STYLE_BLOCKS[request.style]),
+        "system_prompt": dg.MetadataValue.text(variant.system_prompt),
+        "style_block": dg.MetadataValue.text(variant.style_block(request.style)),
     }
 
 
@@ -305,6 +307,7 @@ PLAYER_COLUMNS = dg.TableSchema(
 
 def player_table(result: PartitionResult) -> dg.TableMetadataValue:
     """Every player the run attempted, by id (two players may share a name): status, reason, cost, image."""
+    version = prompt_variant(result.plan.request.prompt_variant).version
     records = [
         dg.TableRecord(
             {
@@ -313,7 +316,7 @@ def player_table(result: PartitionResult) -> dg.TableMetadataValue:
                 "player": outcome.display_name,
                 "status": outcome.status,
                 "reason": outcome.reason or "",
-                "prompt_version": SYSTEM_PROMPT_VERSION,
+                "prompt_version": version,
                 "likeness_sha256": (outcome.likeness_sha256 or "")[:16],
                 "seconds": round(outcome.seconds, 2),
                 "cost_usd": float(outcome.cost_usd),

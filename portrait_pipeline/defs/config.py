@@ -9,11 +9,13 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from portrait_pipeline.audit.leases import DEFAULT_TTL_S
+from portrait_pipeline.audit.models import DEFAULT_VARIANT
 from portrait_pipeline.defs.partitions import split_partition_key
 from portrait_pipeline.errors import InvalidInput
 from portrait_pipeline.generation.partition import PartitionRequest
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S
 from portrait_pipeline.model_registry import Lane, parse_image_size
+from portrait_pipeline.prompts import PROMPT_VARIANTS, prompt_variant
 from portrait_pipeline.roster import check_reference_url
 from portrait_pipeline.styles import parse_style
 
@@ -43,12 +45,32 @@ class PortraitRunConfig(dg.Config):
         default="standard",
         description="standard: interactive calls; batch: one Batch API job at half the price, collected when done",
     )
+    prompt_variant: str = Field(
+        default=DEFAULT_VARIANT,
+        description=f"Named prompt variant ({', '.join(PROMPT_VARIANTS)}); images of any but default wait for "
+        "review and never go live (prompt experiments)",
+    )
 
     @model_validator(mode="after")
     def _likeness_url_is_for_one_player(self) -> PortraitRunConfig:
         check_likeness_url(self.likeness_url, self.player_ids)
         if self.lane == "batch" and (self.fetch_likeness or self.likeness_url):
             raise InvalidInput("--batch (lane batch) with --fetch-likeness: the batch lane has no likeness step yet")
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_variant_is_known(self) -> PortraitRunConfig:
+        if self.prompt_variant not in PROMPT_VARIANTS:
+            raise InvalidInput(
+                f"--prompt-variant (prompt_variant) {self.prompt_variant!r}: choose {', '.join(PROMPT_VARIANTS)}"
+            )
+        variant = prompt_variant(self.prompt_variant)
+        if self.missing_only and not variant.is_default:
+            # missing_only looks at live portraits, which a variant's images never become: every run would pay again.
+            raise InvalidInput(
+                f"--prompt-variant {variant.name} with --missing-only: a variant's images never go live, so every "
+                "player would count as missing; use `portrait-pipeline experiment run`, which resumes per variant"
+            )
         return self
 
     def run_config(self) -> dict[str, Any]:
@@ -79,6 +101,7 @@ def partition_request(
         grace_s=config.grace_period_s,
         claim_ttl_s=config.claim_ttl_s,
         lane=config.lane,
+        prompt_variant=config.prompt_variant,
     )
 
 

@@ -138,6 +138,7 @@ def submit_partition(
                 request.style,
                 request.image_size,
                 player_prompt(players[ref.id], None, guidance.get(ref.id)),
+                request.prompt_variant,
             )
             for ref in plan.to_generate
         ]

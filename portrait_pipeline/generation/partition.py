@@ -17,7 +17,7 @@ from portrait_pipeline import images, naming
 from portrait_pipeline.audit import batch_jobs, leases, queries, serving
 from portrait_pipeline.audit import records as audit
 from portrait_pipeline.audit.db import session_scope
-from portrait_pipeline.audit.models import Player
+from portrait_pipeline.audit.models import DEFAULT_VARIANT, Player
 from portrait_pipeline.audit.serving import Portrait
 from portrait_pipeline.generation.engine import (
     DEFAULT_LIMITS,
@@ -31,7 +31,7 @@ from portrait_pipeline.generation.engine import (
 from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.interrupts import DEFAULT_GRACE_S, StopRequest
 from portrait_pipeline.model_registry import ImagePricing, ImageSize, Lane
-from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt
+from portrait_pipeline.prompts import prompt_variant
 from portrait_pipeline.storage import ImageStorage, StoredObject
 from portrait_pipeline.styles import Style
 
@@ -59,6 +59,7 @@ class PartitionRequest:
     grace_s: float = DEFAULT_GRACE_S  # after a stop signal, how long calls in flight may still answer
     claim_ttl_s: float = leases.DEFAULT_TTL_S  # how long a dead run's claims keep other runs off its players
     lane: Lane = "standard"  # batch: through the Batch API (generation/batch.py) at the batch price
+    prompt_variant: str = DEFAULT_VARIANT  # prompts.PROMPT_VARIANTS; recorded on the snapshot, read by each player
 
     @property
     def partition_key(self) -> str:
@@ -277,20 +278,22 @@ def close_partition(
 
 def snapshot_spec(plan: PartitionPlan, run_key: str, estimated_cost_usd: Decimal) -> audit.SnapshotSpec:
     request = plan.request
+    variant = prompt_variant(request.prompt_variant)
     return audit.SnapshotSpec(
         run_key=run_key,
         style=request.style,
         cohort=request.cohort or f"draft_{request.draft_year_key}",
         draft_year=queries.parse_draft_year_key(request.draft_year_key),
         population_size=len(plan.to_generate) + len(plan.skipped),
-        system_prompt=system_prompt(request.style),
-        system_prompt_version=SYSTEM_PROMPT_VERSION,
+        system_prompt=variant.full_system_prompt(request.style),
+        system_prompt_version=variant.version,
         image_size=request.image_size,
         model=plan.model,
         estimated_cost_usd=estimated_cost_usd,
         notes=request.notes,
         dagster_run_id=request.dagster_run_id,
         partition_key=request.partition_key,
+        prompt_variant=variant.name,
     )
 
 

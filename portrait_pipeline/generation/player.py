@@ -22,7 +22,7 @@ from portrait_pipeline.generation.renderer import RenderedImage, Renderer, Rende
 from portrait_pipeline.interrupts import CALL_CANCELLED, NOT_STORED, Interrupted, Interruption, unless_aborted
 from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.model_registry import TARGET_DIMENSIONS, ImageSize
-from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION, system_prompt, user_prompt
+from portrait_pipeline.prompts import PromptVariant, prompt_variant, user_prompt
 from portrait_pipeline.storage import ImageStorage, StoredObject, sha256_hex
 from portrait_pipeline.styles import Style
 
@@ -104,6 +104,7 @@ class ImageGenerationService:
         guidance = corrects.guidance if corrects else None
         attempt = _Attempt(
             started=time.monotonic(),
+            variant=prompt_variant(snapshot.prompt_variant),  # the run's prompt variant, recorded on its snapshot
             prompt=player_prompt(player, None, guidance),
             reference_url=(likeness_url or player.reference_image_url) if fetch_likeness else None,
             guidance=guidance,
@@ -151,9 +152,11 @@ class ImageGenerationService:
         # The serving alias is rewritten under the player's row lock, so it always shows the current image.
         publish = partial(self.storage.put, naming.current_key(player.id, player.slug, style), png, immutable=False)
         # A correction of a rejected image goes back to the reviewer, whatever PORTRAIT_REQUIRE_REVIEW says; so does
-        # an image the judge failed (or could not look at for safety).
+        # an image the judge failed (or could not look at for safety), and a trial image (a prompt experiment's),
+        # which waits for a reviewer's verdict and never goes live.
         held = verdict is not None and self.quality is not None and self.quality.holds(verdict)
-        pending = self.require_review or attempt.for_reviewer or held
+        trial = queries.is_trial_snapshot(snapshot.run_key, snapshot.prompt_variant)
+        pending = self.require_review or attempt.for_reviewer or held or trial
         success = partial(audit.record_success, pending_review=pending, quality=scored)
         try:
             asset = await asyncio.to_thread(success, db, snapshot, player, style, record, stored, publish)
@@ -212,13 +215,14 @@ class ImageGenerationService:
             attempt.likeness = await self.likeness(db, player, attempt.reference_url)
             description = attempt.likeness.description
             attempt.prompt = player_prompt(player, description, attempt.guidance)
-        request = render_request(player, style, image_size, attempt.prompt)
+        request = render_request(player, style, image_size, attempt.prompt, attempt.variant.name)
         rendered = await unless_aborted(interruption, self.renderer.render(request), CALL_CANCELLED)
         provenance = {
             "portrait:player_id": str(player.id),
             "portrait:style": style,
             "portrait:model": self.renderer.model,
-            "portrait:prompt_version": SYSTEM_PROMPT_VERSION,
+            "portrait:prompt_version": attempt.variant.version,
+            "portrait:prompt_variant": attempt.variant.name,
         }
         attempt.rendered = rendered  # paid for from here on, whatever happens next
         attempt.cost = self.renderer.pricing.usd_per_image(image_size)
@@ -242,7 +246,7 @@ class ImageGenerationService:
         return audit.GenerationRecord(
             user_prompt=attempt.prompt,
             model=self.renderer.model,
-            system_prompt_version=SYSTEM_PROMPT_VERSION,
+            system_prompt_version=attempt.variant.version,
             generation_time_sec=round(time.monotonic() - attempt.started, 3),
             likeness_description=likeness.description if likeness else None,
             reference_image_url=attempt.reference_url,
@@ -254,6 +258,7 @@ class ImageGenerationService:
             total_tokens=rendered.total_tokens if rendered else None,
             cost_usd=attempt.cost,
             replaces_asset_id=attempt.replaces_asset_id,
+            prompt_variant=attempt.variant.name,
         )
 
 
@@ -270,13 +275,14 @@ def player_prompt(player: Player, likeness_description: str | None, guidance: st
     return user_prompt(player.display_name, player.position, player.school, likeness_description, guidance)
 
 
-def render_request(player: Player, style: Style, image_size: ImageSize, prompt: str) -> RenderRequest:
-    """What one player's portrait asks the model for, on either lane (the batch lane sends it inside a job)."""
+def render_request(player: Player, style: Style, image_size: ImageSize, prompt: str, variant: str) -> RenderRequest:
+    """What one player's portrait asks the model for under a prompt variant, on either lane (the batch lane sends it
+    inside a job)."""
     return RenderRequest(
         player_id=player.id,
         seed=f"{player.id}:{player.slug}",
         style=style,
-        system_prompt=system_prompt(style),
+        system_prompt=prompt_variant(variant).full_system_prompt(style),
         user_prompt=prompt,
         size=image_size,
     )
@@ -299,6 +305,7 @@ class _Attempt:
     """What is known about one player's attempt so far, so a failure row records it too."""
 
     started: float
+    variant: PromptVariant
     prompt: str
     reference_url: str | None
     guidance: str | None = None
@@ -316,6 +323,7 @@ class _Attempt:
         description = self.likeness.description if self.likeness else None
         return _Attempt(
             started=time.monotonic(),
+            variant=self.variant,
             prompt=player_prompt(player, description, guidance),
             reference_url=self.reference_url,
             guidance=guidance,
