@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from portrait_pipeline.audit import experiments as experiment_records
 from portrait_pipeline.audit import queries, records, serving
@@ -353,7 +353,9 @@ def judge_and_review(database: DatabaseResource, storage: ImageStorageResource) 
                 db.add(score_row(asset.id, SCORED, 10, (False, False, False), Decimal("0.0009")))
             if index % 7 == 3:
                 db.add(score_row(asset.id, NOT_SCORED, None, None, Decimal("0")))
-            elif index % 7 != 5:  # index % 7 == 5: never judged
+            elif index % 7 == 5:  # never judged: the test server's judge row goes, as for an image made before it
+                db.execute(delete(ImageQualityScore).where(ImageQualityScore.asset_id == asset.id))
+            else:
                 results = (strict or index % 2 == 0, index % 4 != 1, strict or index % 3 != 2)
                 db.add(score_row(asset.id, SCORED, 40 + 20 * sum(results) - index % 5, results, Decimal("0.0011")))
         db.commit()
