@@ -145,7 +145,7 @@ def cli_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
 
 
 def test_a_selection_across_partitions_shares_one_pool_of_calls(
-    cli_resources: tuple[Resources, fake.GeminiTestServer], tmp_path: Path
+    cli_resources: tuple[Resources, fake.GeminiTestServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three draft years of 4 players each, 12 calls allowed in flight: the CLI's runs overlap, so the server
     sees more than one partition's 4 players at once; each partition keeps its own run, snapshot and
@@ -157,6 +157,7 @@ def test_a_selection_across_partitions_shares_one_pool_of_calls(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.dev.yaml", home / "dagster.yaml")  # the CLI's instance, with its pool limit
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # where the dev instance keeps its event log
     with dg.DagsterInstance.from_config(str(home)) as instance:
         summary = launch.run_generation(instance, resources, plan, interactive=False)
         records = instance.fetch_materializations(dg.AssetKey("player_portraits"), limit=100).records
