@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from portrait_pipeline.audit.models import NOT_SCORED, SCORED, ImageQualityScore, Player, PlayerImageAsset
 from portrait_pipeline.audit.models import PlayerImageSnapshot as Snapshot
+from portrait_pipeline.cli.main import main
 from portrait_pipeline.defs.resources import (
     DatabaseResource,
     GeminiResource,
@@ -193,6 +195,38 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
     # The run's figures are the audit rows' sums: images from the asset rows, judge calls from the score rows.
     assert result.cost_usd == sum((a.cost_usd for a, _ in rows(database)), Decimal("0"))
     assert result.judge_cost_usd == sum((s.cost_usd for _, s in rows(database) if s is not None), Decimal("0"))
+
+
+def test_the_cli_summary_counts_a_retried_player_once_and_adds_the_judge_calls(
+    database: DatabaseResource,
+    server: fake.GeminiTestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    add_players(database, "Twin QFAIL:one_person Double", "Solo Player")
+    environment = {
+        "DATABASE_URL": database.url,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "IMAGE_LOCAL_DIR": str(tmp_path / "images"),
+        "CURRENT_DRAFT_YEAR": "2025",
+        "GEMINI_API_KEY": "judge-test-key",
+        "GEMINI_BASE_URL": server.base_url,
+        "GEMINI_REQUESTS_PER_MINUTE": "60000",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(["generate", "--draft-year", DRAFT_YEAR, "--style", "default", "--size", "512"]) == 0
+    out = capsys.readouterr().out
+    found = rows(database)
+    assert len(found) == 3  # two players, one of them retried: three paid images
+    line = next(line for line in out.splitlines() if line.startswith(f"{DRAFT_YEAR}|default ") and "SUCCESS" in line)
+    generated, skipped, failed, not_started = line.split()[2:6]
+    assert (generated, skipped, failed, not_started) == ("2", "0", "0", "0")  # players, not rows
+    assert f"REVIEW {DRAFT_YEAR}|default: 2 image(s) held for review, 1 automatic quality retry(ies)" in out
+    images = sum((asset.cost_usd for asset, _ in found), Decimal("0"))
+    judged = sum((score.cost_usd for _, score in found if score is not None), Decimal("0"))
+    assert judged > 0 and f"cost ${images + judged:.2f} (quality judge ${judged:.4f})" in out
 
 
 def test_the_batch_lane_judges_what_it_collects_and_leaves_a_failure_for_review(

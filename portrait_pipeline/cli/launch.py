@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit import queries
-from portrait_pipeline.audit.models import PlayerImageAsset
+from portrait_pipeline.audit.models import PENDING, ImageQualityScore, PlayerImageAsset
 from portrait_pipeline.cohorts import Selection, select_players
 from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import portrait_partition_key
@@ -181,8 +181,11 @@ class PartitionSummary:
     generated: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-    cost_usd: Decimal = Decimal("0")  # every audit row of the run: paid failures cost money too
+    cost_usd: Decimal = Decimal("0")  # every image row of the run: paid failures and quality retries cost money too
+    judge_cost_usd: Decimal = Decimal("0")  # the quality judge's calls (image_quality_scores rows)
     rows: int = 0  # audit rows the run wrote
+    retried: int = 0  # rows beyond one per player: automatic quality retries
+    held: int = 0  # images stored but waiting for review (the judge failed them, or review is required)
     stopped: str | None = None  # why the run started no more calls (breaker, budget, signal)
     run_error: str | None = None  # why the Dagster run failed, in one line
     audit_error: str | None = None  # the audit rows could not be read: the counts come from the run's log
@@ -510,14 +513,24 @@ def summarize_run(
         with resources.database.session() as db:
             snapshot = queries.snapshot_of_run(db, run_id)
             summary.skipped = snapshot.skipped_count if snapshot else 0
-            assets = db.scalars(select(PlayerImageAsset).where(PlayerImageAsset.dagster_run_id == run_id)).all()
+            query = select(PlayerImageAsset).where(PlayerImageAsset.dagster_run_id == run_id)
+            assets = db.scalars(query.order_by(PlayerImageAsset.id)).all()
+            # Per player, not per row: a quality retry is a second row (and a second paid image) of one player.
+            stored: set[int] = set()
+            failed: dict[int, tuple[str, str]] = {}
             for asset in assets:
                 summary.rows += 1
                 summary.cost_usd += asset.cost_usd or Decimal("0")
                 if asset.status == "succeeded":
-                    summary.generated += 1
+                    stored.add(asset.player_id)
+                    summary.held += asset.review_status == PENDING
                 else:
-                    summary.failures.append((asset.player.display_name, asset.error_message or "unknown"))
+                    failed[asset.player_id] = (asset.player.display_name, asset.error_message or "unknown")
+            summary.generated = len(stored)
+            summary.failures = [failure for player_id, failure in failed.items() if player_id not in stored]
+            summary.retried = summary.rows - len(stored | set(failed))
+            judged = select(func.coalesce(func.sum(ImageQualityScore.cost_usd), 0))
+            summary.judge_cost_usd = Decimal(db.scalar(judged.where(ImageQualityScore.dagster_run_id == run_id)) or 0)
     except (SQLAlchemyError, PortraitPipelineError) as exc:
         summary.audit_error = one_line(exc)
         summary.generated = int(metadata.get("generated", 0))
@@ -582,9 +595,13 @@ def render_summary(summary: GenerationSummary) -> str:
     for p in summary.partitions:
         lines.append(
             f"{p.partition_key:<22}{p.status:<15}{p.generated:>10}{p.skipped:>9}{len(p.failures):>8}"
-            f"{p.not_started:>12}{'$' + format(p.cost_usd, '.2f'):>10}  {p.run_id}"
+            f"{p.not_started:>12}{'$' + format(p.cost_usd + p.judge_cost_usd, '.2f'):>10}  {p.run_id}"
         )
     for p in summary.partitions:
+        if p.held or p.retried:
+            lines.append(
+                f"REVIEW {p.partition_key}: {p.held} image(s) held for review, {p.retried} automatic quality retry(ies)"
+            )
         if p.run_error:
             lines.append(f"RUN FAILED {p.partition_key}: {p.run_error} (details in the run's log)")
         if p.stopped:
@@ -600,5 +617,7 @@ def render_summary(summary: GenerationSummary) -> str:
             "rerun with --missing-only to finish"
         )
     cost = sum((p.cost_usd for p in summary.partitions), Decimal("0"))
-    lines.append(f"wall time {summary.wall_time_s:.1f}s; cost ${cost:.2f}; images in {summary.storage}")
+    judge = sum((p.judge_cost_usd for p in summary.partitions), Decimal("0"))
+    cost_text = f"cost ${cost + judge:.2f}" + (f" (quality judge ${judge:.4f})" if judge else "")
+    lines.append(f"wall time {summary.wall_time_s:.1f}s; {cost_text}; images in {summary.storage}")
     return "\n".join(lines)
