@@ -329,13 +329,6 @@ def test_without_gemini_a_batch_run_falls_back_to_the_offline_renderer_with_a_wa
     assert [row.status for row in assets(roster_loaded)] == ["succeeded"]
 
 
-def test_the_batch_lane_refuses_likeness_in_one_line() -> None:
-    from portrait_pipeline.defs.config import PortraitRunConfig
-
-    with pytest.raises(InvalidInput, match=r"--batch \(lane batch\) with --fetch-likeness: the batch lane has no"):
-        PortraitRunConfig(lane="batch", fetch_likeness=True)
-
-
 def test_a_job_is_collected_at_its_own_models_batch_price_after_the_model_setting_changed(
     roster_loaded: DatabaseResource,
     storage_resource: ImageStorageResource,
