@@ -134,6 +134,11 @@ def players_recorded(db: Session, snapshot_id: int) -> set[int]:
     return set(db.scalars(query))
 
 
+def statuses_recorded(db: Session, snapshot_id: int) -> set[str]:
+    query = select(PlayerImageAsset.status).where(PlayerImageAsset.snapshot_id == snapshot_id).distinct()
+    return set(db.scalars(query))
+
+
 def set_state(db: Session, job_id: int, state: str, *, collected: bool = False) -> None:
     job = db.get_one(BatchJobRecord, job_id)
     job.state = state

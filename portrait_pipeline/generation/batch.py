@@ -35,7 +35,6 @@ from portrait_pipeline.generation.partition import (
     close_partition,
     plan_partition,
     snapshot_spec,
-    status_of,
 )
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook, player_prompt, render_request
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
@@ -132,10 +131,10 @@ def run_batch_partition(
     plan, snapshot_id = submitted.plan, submitted.snapshot_id
     closing: dict[int, tuple[int, str]] = {}
     with session_scope(engine) as db:
-        for snapshot, outcomes in by_snapshot.items():
+        for snapshot in by_snapshot:
             skipped = len(plan.skipped) if snapshot == snapshot_id else 0
             if not batch_jobs.pending_jobs_of_snapshot(db, snapshot):
-                closing[snapshot] = (skipped, status_of(BatchResult(outcomes)))
+                closing[snapshot] = (skipped, _closing_status(db, snapshot))
             elif stopped is not None and snapshot == snapshot_id:
                 closing[snapshot] = (skipped, "interrupted")  # its job is pending: the next run collects it
     outcomes = [outcome for each in by_snapshot.values() for outcome in each]
@@ -144,6 +143,15 @@ def run_batch_partition(
     close_partition(engine, service.storage, result, sheet, closing)
     result.wall_time_s = time.monotonic() - started
     return result
+
+
+def _closing_status(db: Session, snapshot_id: int) -> str:
+    """A batch snapshot's status from its rows: its players may have been recorded by several runs (refusals by
+    the one that submitted, answers by the one that collected)."""
+    statuses = batch_jobs.statuses_recorded(db, snapshot_id)
+    if "failed" not in statuses:
+        return "succeeded"
+    return "partial" if "succeeded" in statuses else "failed"
 
 
 def submit_partition(
