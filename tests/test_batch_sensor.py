@@ -73,13 +73,13 @@ def test_a_finished_job_whose_run_is_gone_gets_one_collecting_run_that_stores_it
     gets = server.batch_request_counts["get"]
     instance.report_run_failed(live)
 
-    [run_request] = evaluate(instance, roster_loaded, gemini).run_requests
+    [run_request] = evaluate(instance, roster_loaded, gemini).run_requests or []
     assert server.batch_request_counts["get"] == gets + 1  # one poll per orphaned job, its answers not read
     assert run_request.run_key == f"batch_collect:{name}"
     assert run_request.partition_key == portrait_partition_key("2025", "default")
     config = run_request.run_config["ops"]["player_portraits"]["config"]
     assert config == {"missing_only": True, "player_ids": [1, 2], "lane": "batch"}
-    again = evaluate(instance, roster_loaded, gemini).run_requests
+    again = evaluate(instance, roster_loaded, gemini).run_requests or []
     assert [each.run_key for each in again] == [run_request.run_key]  # the same key: Dagster launches it once
 
     collected = materialize_portraits(
