@@ -286,7 +286,8 @@ def test_a_create_that_timed_out_but_made_a_job_is_adopted_by_the_next_run_not_p
     time.sleep(0.7)  # the server finishes creating the job
 
     result = run(roster_loaded, storage_resource, gemini, RESOLVE_AT_ONCE)
-    assert server.batch_request_counts["create"] == 1 and server.batch_request_counts["list"] == 1
+    # The 1 s timeout that made the create time out may make a list time out (and be retried) on a loaded host.
+    assert server.batch_request_counts["create"] == 1 and server.batch_request_counts["list"] >= 1
     assert any("adopted" in note for note in result.notes)
     assert sorted(outcome.player_id for outcome in result.generated) == list(PLAYERS)
     assert sorted(row.player_id for row in assets(roster_loaded)) == list(PLAYERS)

@@ -125,6 +125,7 @@ def run_batch_partition(
         by_snapshot.setdefault(snapshot, []).extend(batch.outcomes)
         if batch.stopped is not None:
             stopped = batch.stopped
+            batch_jobs.release_collecting(engine, job_id, owner)  # the next run takes it over at once
             notes.append(f"batch job {name}: stopped while storing; the partition's next run stores the rest")
             break
         notes.append(f"batch job {name} ended {status.state}: {len(batch.outcomes)} player(s) recorded")
@@ -413,9 +414,8 @@ def collect_job(
         limits = BatchLimits(settings.max_concurrency, None, None)
         players = [batch_jobs.player_of(key) for key in keys]
         batch = asyncio.run(generate_batch(engine, answered, work, players, limits, on_outcome, stop))
-    owner_done = batch.stopped is None
-    with session_scope(engine) as db:
-        if owner_done:
+    if batch.stopped is None:
+        with session_scope(engine) as db:
             batch_jobs.set_state(db, job_id, status.state, collected=True)
     return batch, snapshot_id
 
