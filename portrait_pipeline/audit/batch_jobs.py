@@ -23,10 +23,11 @@ def reserve_job(
     snapshot_id: int,
     model: str,
     image_size: str,
-    player_ids: Sequence[int],
+    player_ids: Sequence[int | str],
     dagster_run_id: str | None,
 ) -> BatchJobRecord:
-    """A job's players, committed before its create request: from here on no run submits them again."""
+    """A job's players (ids, or its requests' keys: `request_key`), committed before its create request: from here
+    on no run submits them again."""
     job = BatchJobRecord(
         name=f"(creating {uuid.uuid4().hex})",
         partition_key=partition_key,
@@ -71,8 +72,27 @@ def stale_creating(db: Session, partition_key: str, grace_s: float) -> list[Batc
     return list(db.scalars(query))
 
 
+def request_key(player_id: int, likeness_sha256: str | None = None) -> str:
+    """A request's key in its job: the player's id, and the SHA-256 of the reference photo whose description its
+    prompt carries (so the answer is recorded with that description, whatever was described since)."""
+    return str(player_id) if likeness_sha256 is None else f"{player_id}:{likeness_sha256}"
+
+
+def player_of(key: str) -> int:
+    return int(key.partition(":")[0])
+
+
+def likeness_of(key: str) -> str | None:
+    return key.partition(":")[2] or None
+
+
+def keys_of(job: BatchJobRecord) -> list[str]:
+    """The job's request keys (`player_ids` holds them as JSON; rows of older runs hold bare player ids)."""
+    return [str(key) for key in json.loads(job.player_ids)]
+
+
 def players_of(job: BatchJobRecord) -> list[int]:
-    return [int(player_id) for player_id in json.loads(job.player_ids)]
+    return [player_of(key) for key in keys_of(job)]
 
 
 def pending_jobs(db: Session, partition_key: str | None = None) -> list[BatchJobRecord]:
@@ -114,6 +134,11 @@ def players_recorded(db: Session, snapshot_id: int) -> set[int]:
     return set(db.scalars(query))
 
 
+def statuses_recorded(db: Session, snapshot_id: int) -> set[str]:
+    query = select(PlayerImageAsset.status).where(PlayerImageAsset.snapshot_id == snapshot_id).distinct()
+    return set(db.scalars(query))
+
+
 def set_state(db: Session, job_id: int, state: str, *, collected: bool = False) -> None:
     job = db.get_one(BatchJobRecord, job_id)
     job.state = state
@@ -121,6 +146,18 @@ def set_state(db: Session, job_id: int, state: str, *, collected: bool = False) 
     if collected:
         job.collected_at = utcnow()
     db.commit()
+
+
+def release_collecting(engine: Engine, job_id: int, owner: str) -> None:
+    """Give up the hold on a job whose answers were not all stored (the run was stopped): the next run takes it at
+    once instead of waiting for the hold to run out."""
+    statement = (
+        update(BatchJobRecord)
+        .where(BatchJobRecord.id == job_id, BatchJobRecord.collector == owner)
+        .values(collector=None, collector_expires_at=None)
+    )
+    with engine.begin() as connection:
+        connection.execute(statement)
 
 
 def take_for_collecting(engine: Engine, job_id: int, owner: str, ttl_s: float) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from portrait_pipeline.audit import queries
+from portrait_pipeline.audit import batch_jobs, queries
 from portrait_pipeline.audit.models import PENDING, ImageQualityScore, PlayerImageAsset
 from portrait_pipeline.cohorts import Selection, select_players
 from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
@@ -68,10 +68,15 @@ class PartitionLaunch:
 
     config: PortraitRunConfig
     plan: PartitionPlan
+    pending_jobs: int = 0  # batch lane: Batch API jobs of the partition waiting to be collected (by this run)
 
     @property
     def partition_key(self) -> str:
         return self.plan.request.partition_key
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.plan.to_generate or self.pending_jobs)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,8 @@ def plan_generation(
             )
             for style in styles:
                 request = partition_request(config, str(portrait_partition_key(year_key, style)), model)
-                launches.append(PartitionLaunch(config, plan_partition(db, storage, request, pricing)))
+                jobs = len(batch_jobs.pending_jobs(db, request.partition_key)) if request.lane == "batch" else 0
+                launches.append(PartitionLaunch(config, plan_partition(db, storage, request, pricing), jobs))
     return GenerationPlan(label=label, pricing=pricing, image_size=image_size, partitions=launches)
 
 
@@ -253,7 +259,7 @@ def run_generation(
         runs_instance(instance) as runs,
         ProgressBoard(resources, display) as board,
     ):
-        todo = [launch for launch in plan.partitions if launch.plan.to_generate]
+        todo = [launch for launch in plan.partitions if launch.has_work]
         runs.add_dynamic_partitions("draft_years", sorted({launch.plan.request.draft_year_key for launch in todo}))
         for launch in _first_of_each_draft_year(todo):
             if launch.plan.request.fetch_likeness and not stop.requested:
@@ -273,7 +279,7 @@ def run_generation(
             """One partition's run, in a pool thread (never the main one, which keeps the signal handlers)."""
             partition, request = launch.plan, launch.plan.request
             planned = len(partition.to_generate)
-            if not partition.to_generate:
+            if not launch.has_work:
                 return PartitionSummary(request.partition_key, skipped=len(partition.skipped))
             if stop.requested:
                 return PartitionSummary(request.partition_key, status="not launched", planned=planned)
@@ -536,8 +542,8 @@ def summarize_run(
         summary.generated = int(metadata.get("generated", 0))
         summary.skipped = int(metadata.get("skipped", 0))
         summary.cost_usd = Decimal(str(metadata.get("cost_usd", 0)))
-        failed = int(metadata.get("failed", 0))
-        summary.failures = [(f"{failed} player(s)", "see the run's log")] if failed else []
+        failures = int(metadata.get("failed", 0))
+        summary.failures = [(f"{failures} player(s)", "see the run's log")] if failures else []
     return summary
 
 

@@ -127,10 +127,11 @@ def player_portraits(
         request = dataclasses.replace(request, lane="standard")
     if request.lane == "batch":
         # Submit, wait and collect in this run: the partition materializes when its images are stored.
-        with core_logs_to(context.log):
+        with stop_on_signals() as stop, core_logs_to(context.log):
             service = generation_service(storage, gemini, likeness, settings)
             batch = gemini.batch_settings()
-            result = run_batch_partition(database.check(), service, gemini.client(), request, batch, progress)
+            client = gemini.client()
+            result = run_batch_partition(database.check(), service, client, request, batch, progress, stop=stop)
     else:
         with stop_on_signals() as stop, core_logs_to(context.log):
             result = run_partition(

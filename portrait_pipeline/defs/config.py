@@ -54,8 +54,6 @@ class PortraitRunConfig(dg.Config):
     @model_validator(mode="after")
     def _likeness_url_is_for_one_player(self) -> PortraitRunConfig:
         check_likeness_url(self.likeness_url, self.player_ids)
-        if self.lane == "batch" and (self.fetch_likeness or self.likeness_url):
-            raise InvalidInput("--batch (lane batch) with --fetch-likeness: the batch lane has no likeness step yet")
         return self
 
     @model_validator(mode="after")

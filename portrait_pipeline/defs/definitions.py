@@ -9,7 +9,7 @@ from portrait_pipeline.defs.manifest import portrait_manifest
 from portrait_pipeline.defs.partitions import draft_years, portrait_partitions
 from portrait_pipeline.defs.resources import resources_from_env
 from portrait_pipeline.defs.schedules import draft_class_backfill, nba_refresh
-from portrait_pipeline.defs.sensors import new_prospects_sensor
+from portrait_pipeline.defs.sensors import batch_collector_sensor, new_prospects_sensor
 
 resources = resources_from_env()
 
@@ -26,7 +26,7 @@ defs = dg.Definitions(
     assets=[likeness_descriptions, player_portraits, portrait_manifest],
     asset_checks=portrait_checks,
     jobs=[portraits_job, likeness_job],
-    sensors=[new_prospects_sensor, manifest_automation],
+    sensors=[new_prospects_sensor, batch_collector_sensor, manifest_automation],
     schedules=[draft_class_backfill, nba_refresh],
     resources={**resources, "image_io_manager": PortraitIOManager(storage=resources["storage"])},
 )

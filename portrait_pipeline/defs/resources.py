@@ -165,7 +165,7 @@ class GeminiResource(dg.ConfigurableResource):
     renderer_choice: RendererChoice = Field(default="auto", description="PORTRAIT_RENDERER: auto, gemini, offline")
     batch_poll_initial_s: float = Field(default=30.0, gt=0, description="Batch lane: first wait between polls")
     batch_poll_max_s: float = Field(default=600.0, gt=0, description="Batch lane: longest wait between polls")
-    batch_max_requests_per_job: int = Field(default=200, ge=1, description="Batch lane: players per job")
+    batch_max_requests_per_job: int = Field(default=1000, ge=1, description="Batch lane: players per job")
     batch_inline_limit_bytes: int = Field(
         default=8_000_000,
         ge=1,

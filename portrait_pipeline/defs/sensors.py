@@ -1,4 +1,5 @@
-"""The new-prospects sensor: reads player changes since its cursor and asks for portraits where some are missing."""
+"""The sensors: new prospects (player changes since a cursor, portraits where some are missing) and the batch
+collector (finished Batch API jobs whose run is gone)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from portrait_pipeline.audit import batch_jobs
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, as_utc
+from portrait_pipeline.audit.models import BatchJobRecord, Player, PlayerImageAsset, as_utc
 from portrait_pipeline.audit.queries import draft_year_key, in_draft_years, is_current, is_pending_review
 from portrait_pipeline.defs.assets import player_portraits
 from portrait_pipeline.defs.config import PortraitRunConfig
-from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key
-from portrait_pipeline.defs.resources import DatabaseResource, PortraitSettings
-from portrait_pipeline.defs.runs import fail_runs_of_dead_workers
-from portrait_pipeline.errors import InvalidInput
+from portrait_pipeline.defs.partitions import draft_years, portrait_partition_key, split_partition_key
+from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, PortraitSettings
+from portrait_pipeline.defs.runs import UNFINISHED, fail_runs_of_dead_workers
+from portrait_pipeline.errors import GenerationFailed, InvalidInput
+from portrait_pipeline.generation.gemini import poll_batch
 from portrait_pipeline.model_registry import Lane
 from portrait_pipeline.naming import partition_label
 from portrait_pipeline.styles import Style
@@ -185,4 +187,63 @@ def new_prospects_sensor(
         skip_reason=None if pending.needs else "every changed player already has a current portrait",
         dynamic_partitions_requests=[draft_years.build_add_request(new_years)] if new_years else [],
         cursor=pending.cursor.to_json(),
+    )
+
+
+COLLECT_RUN_KEY_PREFIX = "batch_collect"
+
+
+def live_partitions(instance: dg.DagsterInstance) -> set[str]:
+    """Partitions with an unfinished run: such a run collects its partition's pending batch jobs itself."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
+    return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
+
+
+def collect_request(job: BatchJobRecord) -> dg.RunRequest:
+    """A batch-lane run of the job's players: they are all in the job (in progress), so it submits nothing and
+    collects every pending job of the partition. The job's name is the run key: Dagster launches it once."""
+    draft_year_key, style = split_partition_key(job.partition_key)
+    config = PortraitRunConfig(missing_only=True, player_ids=batch_jobs.players_of(job), lane="batch")
+    return dg.RunRequest(
+        run_key=f"{COLLECT_RUN_KEY_PREFIX}:{job.name}",
+        partition_key=portrait_partition_key(draft_year_key, style),
+        run_config=config.run_config(),
+        tags={"portrait/launched_by": "batch_collector_sensor", "portrait/batch_job": job.name},
+    )
+
+
+@dg.sensor(
+    target=player_portraits,
+    minimum_interval_seconds=600,  # the batch lane's longest poll interval: a job takes minutes to hours
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Collects finished Batch API jobs whose run is gone (it died, or was stopped): one run per job.",
+)
+def batch_collector_sensor(
+    context: dg.SensorEvaluationContext, database: DatabaseResource, gemini: GeminiResource
+) -> dg.SensorResult:
+    """A batch job is paid for when it ends: if no run waits on it any more, launch the run that stores it."""
+    for run_id in fail_runs_of_dead_workers(context.instance):
+        context.log.warning(f"run {run_id}: its worker died without ending it; marked failed")
+    with database.session() as session:
+        pending = [job for job in batch_jobs.pending_jobs(session) if job.state != batch_jobs.CREATING]
+        session.expunge_all()
+    live = live_partitions(context.instance)
+    orphans = [job for job in pending if job.partition_key not in live]
+    if not orphans:
+        return dg.SensorResult(skip_reason="every pending batch job has a run waiting on it (or there is none)")
+    if not gemini.uses_gemini:
+        return dg.SensorResult(skip_reason=f"{len(orphans)} batch job(s) without a run, and no GEMINI_API_KEY")
+    client = gemini.client()
+    finished = []
+    for job in orphans:
+        try:  # a batches.get is not billed; a job's answers are only read by the run that stores them
+            done = poll_batch(client, job.name).done
+        except GenerationFailed as exc:
+            context.log.warning(f"batch job {job.name}: could not be polled: {exc}")
+            continue
+        if done:
+            finished.append(job)
+    return dg.SensorResult(
+        run_requests=[collect_request(job) for job in finished],
+        skip_reason=None if finished else f"{len(orphans)} batch job(s) without a run are still running at the API",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -67,6 +67,15 @@ class BatchJob:
     likeness_url: str | None = None
     on_image: ImageHook | None = None  # sees each image while decoded (the contact sheet's thumbnails)
     claims: Claims | None = None  # None: no claims (a caller that knows it runs alone)
+    # The batch lane's answers: each request carried its own player's description (player -> reference URL); a
+    # player not in it had none. Replaces `fetch_likeness` and `likeness_url` when set.
+    likeness_urls: Mapping[int, str] | None = None
+
+    def likeness_for(self, player_id: int) -> tuple[bool, str | None]:
+        """Whether the player's prompt carries a description, and of which reference URL (None: the player's own)."""
+        if self.likeness_urls is None:
+            return self.fetch_likeness, self.likeness_url
+        return player_id in self.likeness_urls, self.likeness_urls.get(player_id)
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,7 @@ async def _generate_one(
     interruption: Interruption,
     may_retry: Callable[[], bool],
 ) -> PlayerOutcome:
+    fetch_likeness, likeness_url = job.likeness_for(player_id)
     try:
         with session_scope(engine) as db:
             player = db.get_one(Player, player_id)
@@ -286,9 +296,9 @@ async def _generate_one(
                 player=player,
                 snapshot=snapshot,
                 style=job.style,
-                fetch_likeness=job.fetch_likeness,
+                fetch_likeness=fetch_likeness,
                 image_size=job.image_size,
-                likeness_url=job.likeness_url,
+                likeness_url=likeness_url,
                 on_answer=on_answer,
                 on_image=job.on_image,
                 interruption=interruption,

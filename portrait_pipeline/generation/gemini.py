@@ -8,7 +8,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -356,12 +356,17 @@ class BatchSubmission:
 
 @dataclass(frozen=True)
 class BatchStatus:
-    """A job as one poll saw it; `answers` (by request key: an image, or why there is none) once it succeeded."""
+    """A job as one poll saw it; once it succeeded, its answers by request key (an image, or why there is none)."""
 
     name: str
     state: str
     done: bool
-    answers: Mapping[str, RenderedImage | str] | None = None
+    answers: Mapping[str, RenderedImage | str] | None = None  # an inline job's, read with the poll
+    results_file: str | None = None  # a file job's answers ("files/..."), read a line at a time by `batch_answers`
+
+    @property
+    def answered(self) -> bool:
+        return self.answers is not None or self.results_file is not None
 
 
 def _only_rejections(exc: BaseException) -> bool:
@@ -374,18 +379,23 @@ def submit_batch(
     requests: Sequence[RenderRequest],
     display_name: str,
     inline_limit_bytes: int,
+    inline_max_requests: int,
+    keys: Sequence[str] | None = None,
 ) -> BatchSubmission:
-    """One job for `requests`, each keyed by its player id: inline when small, else a JSONL file (Files API)."""
-    lines = [_jsonl_line(pricing, request) for request in requests]
+    """One job for `requests`, each under its key (default: the player id): inline when small, else a JSONL file
+    (Files API). Inline answers come back all at once in a poll, a file's can be read a line at a time: only a job
+    of at most `inline_max_requests` goes inline."""
+    keys = keys if keys is not None else [str(request.player_id) for request in requests]
+    lines = [_jsonl_line(pricing, request, key) for request, key in zip(requests, keys, strict=True)]
     sdk = client.sdk
-    if sum(len(line) for line in lines) <= inline_limit_bytes:
+    if len(requests) <= inline_max_requests and sum(len(line) for line in lines) <= inline_limit_bytes:
         inline = [
             types.InlinedRequest(
                 contents=request.user_prompt,
                 config=content_config(pricing, request),
-                metadata={"key": str(request.player_id)},
+                metadata={"key": key},
             )
-            for request in requests
+            for request, key in zip(requests, keys, strict=True)
         ]
         created = client.call_sync(
             lambda: sdk.batches.create(model=pricing.model, src=inline, config={"display_name": display_name}),
@@ -405,7 +415,7 @@ def submit_batch(
     return BatchSubmission(_name(created.name), file_name)
 
 
-def _jsonl_line(pricing: ImagePricing, request: RenderRequest) -> str:
+def _jsonl_line(pricing: ImagePricing, request: RenderRequest, key: str) -> str:
     """One JSONL input line ({"key", "request"}): the GenerateContentRequest of `content_config`, as REST JSON."""
     config = content_config(pricing, request)
     image = config.image_config
@@ -417,7 +427,7 @@ def _jsonl_line(pricing: ImagePricing, request: RenderRequest) -> str:
         "systemInstruction": {"parts": [{"text": request.system_prompt}]},
         "generationConfig": generation,
     }
-    return json.dumps({"key": str(request.player_id), "request": body})
+    return json.dumps({"key": key, "request": body})
 
 
 def poll_batch(client: GeminiClient, name: str) -> BatchStatus:
@@ -434,16 +444,34 @@ def poll_batch(client: GeminiClient, name: str) -> BatchStatus:
             key = str((item.metadata or {}).get("key", index))
             answers[key] = _answer(item.response, item.error.message if item.error else None, item.error)
     elif dest is not None and dest.file_name:
-        file_name = dest.file_name
-        data = client.call_sync(lambda: sdk.files.download(file=file_name))
-        for line in data.decode("utf-8").splitlines():
-            if line.strip():
-                item = json.loads(line)
-                error = item.get("error") or item.get("status")
-                found = item.get("response")
-                response = types.GenerateContentResponse.model_validate(found) if found is not None else None
-                answers[str(item.get("key"))] = _answer(response, (error or {}).get("message"), error)
+        return BatchStatus(name, state, True, results_file=dest.file_name)
     return BatchStatus(name, state, True, answers)
+
+
+def batch_answers(client: GeminiClient, status: BatchStatus) -> Generator[tuple[str, RenderedImage | str]]:
+    """A succeeded job's answers by key. A results file (one GenerateContentResponse or status per line, in the
+    order of the requests: ai.google.dev/gemini-api/docs/batch-api, read 2026-11-29) is streamed to a temporary
+    file by the SDK and read a line at a time, so a job's images are never all in memory at once."""
+    if status.answers is not None:
+        yield from status.answers.items()
+        return
+    if status.results_file is None:
+        return
+    sdk, file_name = client.sdk, status.results_file
+    with tempfile.TemporaryDirectory(prefix="batch-results-") as folder:
+        path = Path(folder) / "results.jsonl"
+        client.call_sync(lambda: sdk.files.download(file=file_name, destination=path))
+        with path.open("rb") as lines:
+            for line in lines:
+                if line.strip():
+                    yield _file_answer(json.loads(line))
+
+
+def _file_answer(item: dict[str, Any]) -> tuple[str, RenderedImage | str]:
+    error = item.get("error") or item.get("status")
+    found = item.get("response")
+    response = types.GenerateContentResponse.model_validate(found) if found is not None else None
+    return str(item.get("key")), _answer(response, (error or {}).get("message"), error)
 
 
 def _answer(response: types.GenerateContentResponse | None, message: str | None, error: object) -> RenderedImage | str:
