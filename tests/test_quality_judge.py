@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
+from portrait_pipeline.audit import queries
 from portrait_pipeline.audit.models import NOT_SCORED, SCORED, ImageQualityScore, Player, PlayerImageAsset
 from portrait_pipeline.audit.models import PlayerImageSnapshot as Snapshot
 from portrait_pipeline.cli.main import main
@@ -187,6 +188,9 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
         retries = db.get_one(Snapshot, two.snapshot_id)
         assert retries.run_key == f"{result.run_key}:quality-retry-1" and not retries.is_current
         assert (retries.status, retries.success_count, retries.population_size) == ("succeeded", 1, 1)
+        # The partition's quality figures read each player's last attempt: the retry, not the image it replaced.
+        quality = queries.partition_quality(db, DRAFT_YEAR, "default")
+        assert quality is not None and {image.asset_id for image in quality.images} == {two.id, solo.id}
     outcome = next(o for o in result.outcomes if o.player_id == failing)
     assert outcome.attempts == 2 and outcome.asset_id == two.id
     assert outcome.quality_score == "40 (below 70: one_person) (1 automatic retry)"

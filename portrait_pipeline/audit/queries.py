@@ -323,18 +323,27 @@ class PartitionQuality:
 
 def partition_quality(db: Session, draft_year_key: str, style: str) -> PartitionQuality | None:
     """The scores of the images the partition's latest snapshot stored (what its last run made, pending review or
-    live); None before any finished run."""
+    live), each player's last attempt: an automatic quality retry (its own snapshot, `{run key}:quality-retry-N`)
+    stands in for the image it replaced. None before any finished run."""
     snapshot = latest_snapshot(db, draft_year_key, style)
     if snapshot is None:
         return None
+    retries = select(PlayerImageSnapshot.id).where(
+        PlayerImageSnapshot.run_key.startswith(f"{snapshot.run_key}:quality-retry-", autoescape=True),
+        PlayerImageSnapshot.version == snapshot.version,
+    )
     rows = db.execute(
         select(PlayerImageAsset, Player)
         .join(Player, Player.id == PlayerImageAsset.player_id)
-        .where(PlayerImageAsset.snapshot_id == snapshot.id, PlayerImageAsset.status == "succeeded")
+        .where(
+            or_(PlayerImageAsset.snapshot_id == snapshot.id, PlayerImageAsset.snapshot_id.in_(retries)),
+            PlayerImageAsset.status == "succeeded",
+        )
         .order_by(Player.id, PlayerImageAsset.id)
     ).all()
-    scores = latest_scores(db, [asset.id for asset, _ in rows])
-    images = [ImageQuality.of(asset, player, scores.get(asset.id)) for asset, player in rows]
+    last = {asset.player_id: (asset, player) for asset, player in rows}  # ordered by id: the last attempt wins
+    scores = latest_scores(db, [asset.id for asset, _ in last.values()])
+    images = [ImageQuality.of(asset, player, scores.get(asset.id)) for asset, player in last.values()]
     return PartitionQuality(snapshot.id, snapshot.run_key, snapshot.version, images)
 
 
