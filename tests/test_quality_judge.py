@@ -201,6 +201,17 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
     assert result.judge_cost_usd == sum((s.cost_usd for _, s in rows(database) if s is not None), Decimal("0"))
 
 
+def test_a_prompt_experiments_failed_image_is_scored_but_not_retried(
+    database: DatabaseResource, storage_resource: ImageStorageResource, server: fake.GeminiTestServer
+) -> None:
+    (failing,) = add_players(database, "Trial QFAIL:no_text Lettered")
+    run(database, storage_resource, gemini_for(server), prompt_variant="strict-exclusions")
+    assert len(generate_requests(server, DEFAULT_IMAGE_MODEL)) == 1  # a trial image waits for a reviewer anyway
+    ((asset, score),) = rows(database)
+    assert (asset.player_id, asset.prompt_variant, asset.review_status) == (failing, "strict-exclusions", "pending")
+    assert score is not None and (score.status, score.passed) == (SCORED, False)
+
+
 def test_the_cli_summary_counts_a_retried_player_once_and_adds_the_judge_calls(
     database: DatabaseResource,
     server: fake.GeminiTestServer,

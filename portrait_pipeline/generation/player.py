@@ -116,7 +116,12 @@ class ImageGenerationService:
         attempts = [done]
         # The quality policy's post-store step: an image that failed the rubric was held for review; while retries
         # are left (and the run's budget allows one), the player is made again with the failed criteria as guidance.
-        while (verdict := self._retry_due(done, len(attempts) - 1)) and (may_retry is None or may_retry()):
+        # Not in a prompt experiment: its images wait for a reviewer anyway, and the report compares each variant's
+        # own first attempts (a retry's prompt carries the judge's feedback, not only the variant).
+        trial = queries.is_trial_snapshot(snapshot.run_key, snapshot.prompt_variant)
+        while (
+            not trial and (verdict := self._retry_due(done, len(attempts) - 1)) and (may_retry is None or may_retry())
+        ):
             retries = await asyncio.to_thread(audit.quality_retry_snapshot, db, snapshot, len(attempts))
             attempt = attempt.retry(player, done.asset.id, verdict.guidance())
             done = await self._attempt(db, player, retries, style, image_size, attempt, None, on_image, interruption)
