@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -89,3 +92,25 @@ def materialize_likeness(
         run_config={"ops": {"likeness_descriptions": {"config": config or {}}}},
         raise_on_error=False,
     )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    """A CLI subprocess's exit status and output; killed if it outlives `timeout`."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
+def wait_for(
+    condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 60, every_s: float = 0.01
+) -> None:
+    """Poll `condition` while the CLI subprocess runs; fail if it ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the CLI ended early: {finish(process)}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every_s)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import BatchJobRecord, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
-from tests.helpers import current_catalogue
+from tests.helpers import current_catalogue, finish, wait_for
 from tests.servers import gemini as fake
 
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
@@ -67,24 +67,6 @@ def generate(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out, err
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the CLI ended early: {finish(process)}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def jobs(url: str) -> list[BatchJobRecord]:
     with session_scope(engine_for(url)) as db:
         return list(db.scalars(select(BatchJobRecord)))
@@ -97,12 +79,12 @@ def test_a_signal_while_waiting_ends_the_run_at_once_leaves_the_job_pending_and_
     signum = signal.SIGTERM if database_url.startswith("sqlite") else signal.SIGINT
     process = generate(env)
     # Submitted, recorded, and polled once: the run now sleeps out its first backoff (30 s).
-    wait_for(lambda: [job.state for job in jobs(database_url)] == ["JOB_STATE_PENDING"], process)
-    wait_for(lambda: server.batch_request_counts["get"] >= 1, process)
+    wait_for(lambda: [job.state for job in jobs(database_url)] == ["JOB_STATE_PENDING"], process, timeout=90)
+    wait_for(lambda: server.batch_request_counts["get"] >= 1, process, timeout=90)
     time.sleep(0.3)
     process.send_signal(signum)
     signalled = time.time()
-    status, out, err = finish(process)
+    status, out, err = finish(process, timeout=120)
 
     assert status == 128 + signum, out + err
     assert "Traceback" not in out + err, err[-2000:]
@@ -121,7 +103,7 @@ def test_a_signal_while_waiting_ends_the_run_at_once_leaves_the_job_pending_and_
         assert db.scalars(select(PlayerImageAsset)).all() == []
 
     server.batch_pending_s = 0.0  # the job is done by the time the rerun polls
-    status, out, err = finish(generate(env))
+    status, out, err = finish(generate(env), timeout=120)
     assert status == 0, out + err
     assert server.batch_request_counts["create"] == 1  # collected, not submitted again
     with session_scope(engine_for(database_url)) as db:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -22,7 +22,7 @@ from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.interrupts import CALL_CANCELLED
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
-from tests.helpers import current_catalogue, generate_requests
+from tests.helpers import current_catalogue, finish, generate_requests, wait_for
 from tests.servers import gemini as fake
 
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
@@ -77,16 +77,6 @@ def generate(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out, err
-
-
 def rows(url: str) -> list[PlayerImageAsset]:
     with session_scope(engine_for(url)) as db:
         return list(db.scalars(select(PlayerImageAsset).order_by(PlayerImageAsset.id)))
@@ -95,14 +85,6 @@ def rows(url: str) -> list[PlayerImageAsset]:
 def row_count(url: str) -> int:
     with session_scope(engine_for(url)) as db:
         return db.scalar(select(func.count()).select_from(PlayerImageAsset)) or 0
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the CLI ended early: {finish(process)}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def image_calls(server: fake.GeminiTestServer) -> list[fake.RecordedRequest]:
