@@ -36,8 +36,8 @@ def server() -> Iterator[fake.GeminiTestServer]:
 
 
 def evaluate(instance: dg.DagsterInstance, database: DatabaseResource, gemini: GeminiResource) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, resources={"database": database, "gemini": gemini})
-    result = batch_collector_sensor(context)
+    with dg.build_sensor_context(instance=instance, resources={"database": database, "gemini": gemini}) as context:
+        result = batch_collector_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
