@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from portrait_pipeline.audit import queries
-from portrait_pipeline.audit.models import NOT_SCORED, SCORED, ImageQualityScore, Player, PlayerImageAsset
+from portrait_pipeline.audit.models import NOT_SCORED, SCORED, CallPacing, ImageQualityScore, Player, PlayerImageAsset
 from portrait_pipeline.audit.models import PlayerImageSnapshot as Snapshot
 from portrait_pipeline.cli.main import main
 from portrait_pipeline.defs.resources import (
@@ -33,6 +33,7 @@ from portrait_pipeline.defs.resources import (
 from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAnswerInvalid, parse_answer
+from portrait_pipeline.generation.pacing import quota_id
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, MODELS
 from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
@@ -199,6 +200,23 @@ def test_a_failing_criterion_is_retried_once_with_its_reason_then_left_for_revie
     # The run's figures are the audit rows' sums: images from the asset rows, judge calls from the score rows.
     assert result.cost_usd == sum((a.cost_usd for a, _ in rows(database)), Decimal("0"))
     assert result.judge_cost_usd == sum((s.cost_usd for _, s in rows(database) if s is not None), Decimal("0"))
+
+
+def test_the_judge_is_paced_on_its_own_models_quota(
+    database: DatabaseResource, storage_resource: ImageStorageResource, server: fake.GeminiTestServer
+) -> None:
+    """Gemini's rate limits are per model: the judge's Flash calls must not take the image model's starts."""
+    gemini = gemini_for(server).model_copy(update={"database": database})
+    assert gemini.judge_client().pacing is not gemini.client().pacing
+    add_players(database, "Paced Player")
+    run(database, storage_resource, gemini)
+    assert len(judge_requests(server)) == 1
+    with database.session() as db:
+        quotas = set(db.scalars(select(CallPacing.quota)))
+    assert quotas == {
+        quota_id("judge-test-key", server.base_url),
+        quota_id("judge-test-key", server.base_url, DEFAULT_JUDGE_MODEL),
+    }
 
 
 def test_a_prompt_experiments_failed_image_is_scored_but_not_retried(

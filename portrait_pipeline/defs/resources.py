@@ -174,6 +174,7 @@ class GeminiResource(dg.ConfigurableResource):
     )
 
     _client: GeminiClient | None = PrivateAttr(default=None)
+    _judge_client: GeminiClient | None = PrivateAttr(default=None)
     # (kind, model) -> (refusal, warnings) of its preflight: one metadata request per model per run (a run has its
     # own copy of the resource). Reassigned, never mutated, so copies never share it.
     _checked: dict[tuple[str, str], tuple[str | None, list[str]]] = PrivateAttr(default_factory=dict)
@@ -202,25 +203,36 @@ class GeminiResource(dg.ConfigurableResource):
     def client(self) -> GeminiClient:
         """One client per resource instance: its HTTP pool and rate limiter serve every call of the run."""
         if self._client is None:
-            if not self.api_key:
-                raise ConfigurationError("Gemini needs GEMINI_API_KEY")
-            self._client = GeminiClient(
-                self.api_key,
-                base_url=self.base_url,
-                timeout_s=self.timeout_s,
-                requests_per_minute=self.requests_per_minute,
-                max_concurrency=self.max_concurrency,
-                retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s, self.quota_wait_s),
-                store=self.slot_store(),
-            )
+            self._client = self._new_client()
         return self._client
 
-    def slot_store(self) -> DatabaseSlotStore | None:
-        """Where the client's start times are reserved: the database's row for this key and endpoint, or None
-        (this process alone) with GEMINI_SHARED_PACING=process or no database."""
+    def judge_client(self) -> GeminiClient:
+        """The quality judge's client: the same settings, paced on the judge model's own quota (limits are per
+        model), so judging never takes the image model's calls."""
+        if self._judge_client is None:
+            self._judge_client = self._new_client(self.judge_model)
+        return self._judge_client
+
+    def _new_client(self, quota_model: str = "") -> GeminiClient:
+        if not self.api_key:
+            raise ConfigurationError("Gemini needs GEMINI_API_KEY")
+        return GeminiClient(
+            self.api_key,
+            base_url=self.base_url,
+            timeout_s=self.timeout_s,
+            requests_per_minute=self.requests_per_minute,
+            max_concurrency=self.max_concurrency,
+            retry=RetryPolicy(self.max_attempts, self.retry_initial_s, self.retry_max_s, self.quota_wait_s),
+            store=self.slot_store(quota_model),
+            quota_model=quota_model,
+        )
+
+    def slot_store(self, quota_model: str = "") -> DatabaseSlotStore | None:
+        """Where the client's start times are reserved: the database's row for this key and endpoint (and model,
+        for the judge's), or None (this process alone) with GEMINI_SHARED_PACING=process or no database."""
         if self.shared_pacing == "process" or self.database is None or not self.api_key:
             return None
-        return DatabaseSlotStore(self.database.check(), quota_id(self.api_key, self.base_url))
+        return DatabaseSlotStore(self.database.check(), quota_id(self.api_key, self.base_url, quota_model))
 
     def image_pricing(self) -> ImagePricing:
         """The image model's sizes and prices: the registry's, GEMINI_IMAGE_PRICE_USD where it has none."""
@@ -295,7 +307,7 @@ class GeminiResource(dg.ConfigurableResource):
 
     def judge(self) -> Judge | None:
         """The quality judge (its model must have token prices in the registry); None offline."""
-        return Judge(GeminiStructured(self.client(), self.judge_model)) if self.uses_gemini else None
+        return Judge(GeminiStructured(self.judge_client(), self.judge_model)) if self.uses_gemini else None
 
 
 class ImageStorageResource(dg.ConfigurableResource):

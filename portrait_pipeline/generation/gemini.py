@@ -58,6 +58,7 @@ class GeminiClient:
         max_concurrency: int = 8,
         retry: RetryPolicy = RetryPolicy(),
         store: SlotStore | None = None,
+        quota_model: str = "",
     ) -> None:
         # The SDK's own retries ignore RetryInfo, so `call` retries instead (retry_options stays None).
         options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
@@ -65,7 +66,8 @@ class GeminiClient:
         self.requests_per_minute = requests_per_minute
         self.retry = retry
         # Every run of this process calling the same quota shares one rate and one pool of calls in flight.
-        self.pacing = shared_pacing(api_key, base_url, requests_per_minute, max_concurrency, store)
+        # (`quota_model`: a model paced on a quota of its own, e.g. the quality judge's; "" for the image model's.)
+        self.pacing = shared_pacing(api_key, base_url, requests_per_minute, max_concurrency, store, quota_model)
 
     def __repr__(self) -> str:  # never the key
         return f"GeminiClient(requests_per_minute={self.requests_per_minute})"

@@ -38,11 +38,13 @@ QUOTA_ID_CHARS = 32  # hex digits of the digest that names a quota: 128 bits tel
 log = logging.getLogger(__name__)
 
 
-def quota_id(api_key: str, base_url: str | None) -> str:
-    """The name of one quota (a key at an endpoint), computed in memory: it tells quotas apart and is safe to store,
-    since a digest of a key cannot be turned back into the key (Gemini keys are long random strings)."""
+def quota_id(api_key: str, base_url: str | None, model: str = "") -> str:
+    """The name of one quota (a key at an endpoint; `model` for a model paced on its own), computed in memory: it
+    tells quotas apart and is safe to store, since a digest of a key cannot be turned back into the key (Gemini keys
+    are long random strings). Gemini's limits are per model (ai.google.dev/gemini-api/docs/rate-limits, read
+    2026-11-29), so the quality judge's Flash calls get a quota of their own, not the image model's."""
     endpoint = (base_url or "").rstrip("/")
-    text = f"portrait-pipeline call pacing\n{endpoint}\n{api_key}"
+    text = f"portrait-pipeline call pacing\n{endpoint}\n{api_key}" + (f"\n{model}" if model else "")
     return hashlib.sha256(text.encode()).hexdigest()[:QUOTA_ID_CHARS]
 
 
@@ -222,14 +224,19 @@ _shared_lock = threading.Lock()
 
 
 def shared_pacing(
-    api_key: str, base_url: str | None, requests_per_minute: int, max_concurrency: int, store: SlotStore | None = None
+    api_key: str,
+    base_url: str | None,
+    requests_per_minute: int,
+    max_concurrency: int,
+    store: SlotStore | None = None,
+    model: str = "",
 ) -> Pacing:
     """The process's pacing for one quota: the same key and endpoint (and settings) get the same pacer and slots.
 
     The key is hashed in memory only (`quota_id`), to tell projects apart; it is never stored or shown. Runs with
     equal stores (the same database and quota) share one pacer; a store must therefore be hashable.
     """
-    key = (quota_id(api_key, base_url), str(requests_per_minute), str(max_concurrency), store)
+    key = (quota_id(api_key, base_url, model), str(requests_per_minute), str(max_concurrency), store)
     with _shared_lock:
         pacing = _shared.get(key)
         if pacing is None:
