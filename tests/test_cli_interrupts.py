@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
-from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
+from portrait_pipeline.audit.models import ImageQualityScore, Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.interrupts import CALL_CANCELLED
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
 from tests.helpers import current_catalogue, finish, generate_requests, wait_for
@@ -228,7 +229,9 @@ def test_answers_that_storage_refuses_are_paid_failures_and_their_cost_is_shown(
     recorded = rows(database_url)
     assert [row.status for row in recorded] == ["failed"] * 3 and answered(server) == 3
     assert sum(row.cost_usd for row in recorded) == 3 * PRICE_512
-    assert "cost $0.40" in out
+    with session_scope(engine_for(database_url)) as db:  # the judge looked at each image before its store failed
+        judged = sum(db.scalars(select(ImageQualityScore.cost_usd)), Decimal("0"))
+    assert f"cost ${3 * PRICE_512 + judged:.2f}" in out
     assert len([line for line in out.splitlines() if line.startswith("FAILED Signal Tester")]) == 3
 
 
