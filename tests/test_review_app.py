@@ -205,4 +205,5 @@ def test_a_player_under_two_prompt_variants_is_shown_side_by_side(
     assert "Prompt variants, default" in history
     variants = re.findall(r'data-variant="([a-z]+)".*?review: ([a-z]+)', history, re.S)
     assert variants == [("bold", APPROVED), ("default", PENDING)]
-    assert f"{bold.id} (live)" in history and "score 90" in history and "letters on the jersey" in history
+    # An experiment's (trial) image is approved for the report only: it never goes live.
+    assert f"{bold.id} (live)" not in history and "score 90" in history and "letters on the jersey" in history
