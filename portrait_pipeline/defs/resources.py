@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -207,13 +207,10 @@ class GeminiResource(dg.ConfigurableResource):
         return self._client
 
     def judge_client(self) -> GeminiClient:
-        """The quality judge's client: the same settings, its start times paced on the judge model's own quota
-        (limits are per model), so judging never takes the image model's starts; its calls share the image client's
-        pool of calls in flight (GEMINI_MAX_CONCURRENCY bounds every call of the process)."""
+        """The quality judge's client: the same settings, paced on the judge model's own quota (limits are per
+        model), so judging never takes the image model's calls."""
         if self._judge_client is None:
-            judge = self._new_client(self.judge_model)
-            judge.pacing = replace(judge.pacing, slots=self.client().pacing.slots)
-            self._judge_client = judge
+            self._judge_client = self._new_client(self.judge_model)
         return self._judge_client
 
     def _new_client(self, quota_model: str = "") -> GeminiClient:
