@@ -199,7 +199,10 @@ def test_calls_in_flight_never_exceed_max_concurrency(
 ) -> None:
     server = start_server(latency_s=0.3)
     players = add_players(database, 16)
-    result = run(database, storage_resource, gemini_for(server, max_concurrency=4))
+    # The image model's pool (the quality judge's calls have a pool of their own model's: judging is off here).
+    unjudged = PortraitSettings(current_draft_year=2025, quality_judge=False)
+    resources = resources_for(database, storage_resource, gemini_for(server, max_concurrency=4), settings=unjudged)
+    result = materialize_portraits(resources, (DRAFT_YEAR, STYLE), {"image_size": "512"})
     assert result.success
     assert server.peak_in_flight == 4  # reached, never passed
     assert len(current_images(database)) == len(players)
