@@ -16,6 +16,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar, Token
 from types import FrameType
 from typing import TypeVar
 
@@ -36,6 +37,22 @@ def exit_status(signum: int) -> int:
 
 class Interrupted(PortraitPipelineError):
     """A player's attempt was cut short by a stop request; its audit row records why."""
+
+
+class NotSent(Interrupted):
+    """A stop request came before the call was sent: nothing was billed, so the player counts as not started."""
+
+
+# The stop request of the batch whose tasks run in this context (set by `Interruption`, inherited by its tasks).
+_current: ContextVar[StopRequest | None] = ContextVar("portrait_pipeline_stop_request", default=None)
+
+
+def check_before_sending() -> None:
+    """Raise `NotSent` if a stop was requested: the last check before a request leaves, after its wait for a call
+    slot and a start time (a stop can come during that wait, which the batch's own loop cannot see)."""
+    request = _current.get()
+    if request is not None and request.requested:
+        raise NotSent(f"{request.reason}: the call was not sent")
 
 
 class StopRequest:
@@ -125,6 +142,7 @@ class Interruption:
         self.aborted = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._token: Token[StopRequest | None] | None = None
 
     async def __aenter__(self) -> Interruption:
         loop = asyncio.get_running_loop()
@@ -134,10 +152,13 @@ class Interruption:
                 loop.call_soon_threadsafe(self._update)
 
         self._unsubscribe = self.request.subscribe(wake)
+        self._token = _current.set(self.request)
         self._update()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._timer is not None:

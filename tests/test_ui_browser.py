@@ -174,9 +174,9 @@ def test_automation_page_lists_the_sensor_and_schedules(dev_server: DevServer, p
     page.goto(f"{dev_server.url}/overview")
     page.get_by_role("navigation").get_by_role("link", name="Automation").click()
     expect(page).to_have_url(f"{dev_server.url}/automation")
-    for name in ("new_prospects_sensor", "draft_class_backfill", "nba_refresh"):
+    for name in ("new_prospects_sensor", "batch_collector_sensor", "draft_class_backfill", "nba_refresh"):
         expect(page.get_by_text(name, exact=True)).to_be_visible()
-    # Rows load their details after the names: the sensor says what it is, the schedules their cron.
-    expect(page.get_by_text("Standard sensor")).to_be_visible()
+    # Rows load their details after the names: the sensors say what they are, the schedules their cron.
+    expect(page.get_by_text("Standard sensor")).to_have_count(2)
     expect(page.get_by_text("Scheduled").first).to_be_visible()
     screenshot(page, "automation")

@@ -16,7 +16,7 @@ from portrait_pipeline.audit import leases, queries
 from portrait_pipeline.audit.db import session_scope
 from portrait_pipeline.audit.models import Player, PlayerImageSnapshot
 from portrait_pipeline.generation.player import ImageGenerationService, ImageHook, PlayerResult
-from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, StopRequest
+from portrait_pipeline.interrupts import DEFAULT_GRACE_S, NOT_STORED, Interruption, NotSent, StopRequest
 from portrait_pipeline.model_registry import ImageSize
 from portrait_pipeline.styles import Style
 
@@ -305,6 +305,8 @@ async def _generate_one(
                 may_retry=may_retry,
             )
             return outcome_of(result, player)
+    except NotSent as exc:  # a stop came while its call waited to be sent: nothing paid, nothing recorded
+        return PlayerOutcome(player_id, f"player {player_id}", "not_started", str(exc))
     except Exception as exc:  # the database itself failed: nothing could be recorded for this player
         log.exception("player %s: could not record the generation", player_id)
         return PlayerOutcome(player_id, f"player {player_id}", "failed", f"{exc.__class__.__name__}: {exc}")

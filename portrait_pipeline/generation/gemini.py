@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 from portrait_pipeline.errors import ConfigurationError, GenerationFailed
 from portrait_pipeline.generation.pacing import SlotStore, shared_pacing
 from portrait_pipeline.generation.renderer import RenderedImage, RenderRequest
+from portrait_pipeline.interrupts import check_before_sending
 from portrait_pipeline.model_registry import MODELS, ImagePricing, ModelKind, lifecycle_problems, replacement_text
 from portrait_pipeline.prompts import LIKENESS_PROMPT
 
@@ -83,7 +84,10 @@ class GeminiClient:
         }
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
-        """Run one API call in a shared slot at a paced start time, retrying 429, 5xx and timeouts."""
+        """Run one API call in a shared slot at a paced start time, retrying 429, 5xx and timeouts.
+
+        A stop request that came while the call waited for its slot or start time sends nothing (`NotSent`).
+        """
         attempts = _Attempts(self.retry)
         retrying = AsyncRetrying(
             stop=attempts.stop, wait=attempts.wait, retry=retry_if_exception(is_retryable), reraise=True
@@ -94,6 +98,7 @@ class GeminiClient:
                 with attempt:
                     async with slots:
                         ticket = await pacer.wait()
+                        check_before_sending()
                         try:
                             return await request()
                         except genai_errors.APIError as exc:

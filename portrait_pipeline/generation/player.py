@@ -19,7 +19,14 @@ from portrait_pipeline.audit.models import NOT_SCORED, Player, PlayerImageAsset,
 from portrait_pipeline.errors import PortraitPipelineError, StorageError
 from portrait_pipeline.generation.judge import JUDGE_CANCELLED, JudgeRequest, QualityPolicy, Verdict
 from portrait_pipeline.generation.renderer import RenderedImage, Renderer, RenderRequest
-from portrait_pipeline.interrupts import CALL_CANCELLED, NOT_STORED, Interrupted, Interruption, unless_aborted
+from portrait_pipeline.interrupts import (
+    CALL_CANCELLED,
+    NOT_STORED,
+    Interrupted,
+    Interruption,
+    NotSent,
+    unless_aborted,
+)
 from portrait_pipeline.likeness import Likeness
 from portrait_pipeline.model_registry import TARGET_DIMENSIONS, ImageSize
 from portrait_pipeline.prompts import PromptVariant, prompt_variant, user_prompt
@@ -124,7 +131,12 @@ class ImageGenerationService:
         ):
             retries = await asyncio.to_thread(audit.quality_retry_snapshot, db, snapshot, len(attempts))
             attempt = attempt.retry(player, done.asset.id, verdict.guidance())
-            done = await self._attempt(db, player, retries, style, image_size, attempt, None, on_image, interruption)
+            try:
+                done = await self._attempt(
+                    db, player, retries, style, image_size, attempt, None, on_image, interruption
+                )
+            except NotSent:  # a stop came before the retry's call left: the player keeps the image it has
+                break
             await asyncio.to_thread(audit.count_retries, db, retries)
             attempts.append(done)
         return self._result(attempts)
@@ -146,6 +158,8 @@ class ImageGenerationService:
             png, stored = await self._make_image(
                 db, player, style, image_size, attempt, on_answer, on_image, interruption
             )
+        except NotSent:  # nothing was sent, nothing is billed: no row, the caller counts the player as not started
+            raise
         except PortraitPipelineError as exc:
             if isinstance(exc, Interrupted) and attempt.rendered is None:
                 attempt.cost = self.renderer.pricing.usd_per_image(image_size)  # it may be billed: err high
@@ -187,6 +201,9 @@ class ImageGenerationService:
         request = JudgeRequest(player.display_name, style, description)
         try:
             return await unless_aborted(interruption, self.quality.verdict(png, request), JUDGE_CANCELLED)
+        except NotSent as exc:  # the judge's call never left: nothing billed
+            model = self.quality.judge.model if self.quality.judge is not None else None
+            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model)
         except Interrupted as exc:  # the request was sent and may be billed: its reserve is recorded (errs high)
             model = self.quality.judge.model if self.quality.judge is not None else None
             return Verdict(NOT_SCORED, reason=str(exc), judge_model=model, cost_usd=self.quality.reserve_usd)

@@ -514,6 +514,20 @@ class GeminiTestServer:
         with self._lock:
             return self._state.peak_in_flight
 
+    def peak_in_flight_of(self, model: str) -> int:
+        """The most requests for `model` in flight at once (the judge's calls, say, left out of the image model's)."""
+        edges = sorted(
+            (at, step)
+            for request in self.requests
+            if request.model == model
+            for at, step in ((request.started, 1), (request.ended if request.ended is not None else float("inf"), -1))
+        )  # at equal times an answer (-1) sorts before an arrival (+1)
+        peak = held = 0
+        for _, step in edges:
+            held += step
+            peak = max(peak, held)
+        return peak
+
     @property
     def count_429(self) -> int:
         """429s sent by the rate limiter (scripted 429s are not counted)."""
