@@ -50,8 +50,10 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy portrait_pipeline tests $(wildcard bench)
 
+# Two workers (pytest-xdist): much of the suite waits on servers and subprocesses, not on the 2 CPUs.
+TEST_WORKERS ?= 2
 pytest: install-dev
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL  # noqa: E402  (needs the repo root on sys.path)
+from tests.helpers import generate_requests  # noqa: E402
 from tests.servers.gemini import GeminiTestServer  # noqa: E402
 
 DRAFT_YEAR = "2031"
@@ -257,7 +258,7 @@ def measure(server: GeminiTestServer, players: int, max_concurrency: int, rps: f
     return Run(
         players=players,
         max_concurrency=max_concurrency,
-        peak_in_flight=server.peak_in_flight,
+        peak_in_flight=server.peak_in_flight_of(IMAGE_MODEL),  # the judge's calls have a pool of their own
         count_429=server.count_429,
         image_200s=sum(
             1
@@ -511,7 +512,7 @@ def cli_scenario(
             env.pop("GEMINI_API_KEY")
         wall, rss, output = cli_generate(folder, url, env, styles)
         players = years * per_year * len(styles)
-        calls = sum(1 for request in server.requests if request.kind == "generate_content")
+        calls = len(generate_requests(server, IMAGE_MODEL))
         rate = min(server_rps or float("inf"), client_rpm / 60)
         bound = 0.0 if renderer == "offline" else max(players / rate, players * latency / concurrency)
         if "wall time" not in output:
@@ -520,7 +521,7 @@ def cli_scenario(
             name,
             wall,
             bound,
-            server.peak_in_flight,
+            server.peak_in_flight_of(IMAGE_MODEL),
             server.count_429,
             calls,
             players,
@@ -608,7 +609,7 @@ def two_cli_processes(pacing: str) -> tuple[Figures, float, float, int]:
             if child.returncode != 0:
                 print((folder / f"cli-{year}.log").read_text()[-3000:])
         wall = time.perf_counter() - started
-        requests = [request for request in server.requests if request.kind == "generate_content"]
+        requests = generate_requests(server, IMAGE_MODEL)  # the image lane's (the judge has its own quota)
         answered = sorted(request.started for request in requests if request.status == 200)
         span = answered[-1] - answered[0] if len(answered) > 1 else 0.0
         rate = (len(answered) - 1) / span if span else 0.0
@@ -619,7 +620,7 @@ def two_cli_processes(pacing: str) -> tuple[Figures, float, float, int]:
             f"4 two CLI processes at once, {pacing} pacing",
             wall,
             bound,
-            server.peak_in_flight,
+            server.peak_in_flight_of(IMAGE_MODEL),
             server.count_429,
             len(requests),
             players,

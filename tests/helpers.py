@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from portrait_pipeline.cli.main import main
 from portrait_pipeline.defs.assets import likeness_descriptions, player_portraits
 from portrait_pipeline.defs.io_managers import PortraitIOManager
 from portrait_pipeline.defs.partitions import portrait_partition_key
@@ -22,6 +28,8 @@ from portrait_pipeline.defs.resources import (
 )
 from portrait_pipeline.model_registry import current_models
 from tests.servers import gemini as fake
+
+CLI = str(Path(sys.executable).with_name("portrait-pipeline"))  # the console script
 
 
 def current_catalogue() -> list[fake.ModelInfo]:
@@ -114,3 +122,31 @@ def wait_for(
         assert process.poll() is None, f"the CLI ended early: {finish(process)}"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(every_s)
+
+
+def run_console_script(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`portrait-pipeline ARGS` in a new process, with `env` as its whole environment."""
+    return subprocess.run([CLI, *args], env=dict(env), capture_output=True, text=True, timeout=300)
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """The console script's `main` called in this process, with `env` as its whole environment meanwhile.
+
+    The same code, output and exit status as `run_console_script`, without the 3 s a new interpreter spends
+    importing Dagster and google-genai. What only a process shows (signals, a crash, the entry point itself) is
+    tested through `run_console_script`.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess([CLI, *args], status, out.getvalue(), err.getvalue())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +22,10 @@ from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.partition import PartitionRequest
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, pricing
 from portrait_pipeline.roster import import_roster, read_roster
-from tests.helpers import current_catalogue
+from tests.helpers import current_catalogue, run_cli
 from tests.servers import gemini as fake
 
 API_KEY = "AIzaTEST-secret-key-0123456789abcdef"
-CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 
 
 @pytest.fixture
@@ -62,7 +60,7 @@ def test_batch_list_shows_a_pending_job_and_batch_cancel_cancels_it(
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+        return run_cli(args, env)
 
     listed = cli("batch", "list")
     assert listed.returncode == 0, listed.stderr

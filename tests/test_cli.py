@@ -1,10 +1,10 @@
-"""The real `portrait-pipeline` console script in a subprocess, against a temp database, instance and folder."""
+"""The `portrait-pipeline` CLI against a temp database, instance and folder: in this process (`run_cli`), and the
+console script itself in a subprocess for the demo flow."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.roster import import_roster, read_roster
+from tests.helpers import run_cli, run_console_script
 
-CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -35,7 +35,7 @@ def cli_env(tmp_path: Path, database_url: str) -> dict[str, str]:
 @pytest.fixture
 def run(cli_env: dict[str, str]) -> Run:
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, *args], env={**cli_env, **(env or {})}, capture_output=True, text=True, timeout=300)
+        return run_cli(args, {**cli_env, **(env or {})})
 
     return run
 
@@ -55,9 +55,12 @@ def count(url: str, model: type) -> int:
         return db.scalar(select(func.count()).select_from(model)) or 0
 
 
-def test_demo_flow_migrates_imports_and_materializes_a_partition(
-    run: Run, cli_env: dict[str, str], demo_roster: Path
-) -> None:
+def test_demo_flow_migrates_imports_and_materializes_a_partition(cli_env: dict[str, str], demo_roster: Path) -> None:
+    """Through the console script itself, as `make demo` runs it."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_console_script(args, cli_env)
+
     assert run("db", "upgrade").returncode == 0
     imported = run("players", "import", str(demo_roster))
     assert imported.returncode == 0, imported.stderr

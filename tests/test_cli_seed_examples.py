@@ -1,7 +1,7 @@
-"""Every example of the seed's "CLI Examples" section, through the real console script and the real SDK.
+"""Every example of the seed's "CLI Examples" section, through the CLI's `main` and the real SDK.
 
-The Gemini API is the local test server; each command runs as a subprocess against a temp database,
-Dagster instance and image folder.
+The Gemini API is the local test server; each command runs in this process (`run_cli`, the console script's own
+code) against a temp database, Dagster instance and image folder.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,11 +22,10 @@ from portrait_pipeline.audit.db import engine_for, session_scope, upgrade
 from portrait_pipeline.audit.models import Player, PlayerImageAsset, PlayerImageSnapshot
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.roster import import_roster, read_roster
-from tests.helpers import current_catalogue, generate_requests
+from tests.helpers import current_catalogue, generate_requests, run_cli
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
 
-CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 API_KEY = "cli-test-key-7f3a"
 IMAGE_MODEL = DEFAULT_IMAGE_MODEL
 LIKENESS_PLAYER = 3  # De'Andre Whitfield, 2025
@@ -70,13 +68,14 @@ def env(
         "GEMINI_BASE_URL": server.base_url,
         "LIKENESS_FETCH_ALLOW_HOSTS": references.host_port,
         "CURRENT_DRAFT_YEAR": "2025",
+        "GEMINI_REQUESTS_PER_MINUTE": "6000",  # pacing is tested in test_pacing.py; at 60 a class takes 20 s
     }
 
 
 @pytest.fixture
 def run(env: dict[str, str]) -> Run:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, "generate", *args], env=env, capture_output=True, text=True, timeout=300)
+        return run_cli(["generate", *args], env)
 
     return run
 

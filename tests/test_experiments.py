@@ -233,7 +233,8 @@ def cli_environment(database_url: str, tmp_path: Path, server: fake.GeminiTestSe
     }
     if server is None:
         return env | {"PORTRAIT_RENDERER": "offline"}
-    return env | {"GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": server.base_url}
+    # Pacing is tested in test_pacing.py: at the default 60 a minute, 20 images and their 20 verdicts take 20 s each.
+    return env | {"GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": server.base_url, "GEMINI_REQUESTS_PER_MINUTE": "6000"}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the report on PostgreSQL: the test below

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,13 +32,13 @@ from tests.helpers import (
     materialize_likeness,
     materialize_portraits,
     resources_for,
+    run_cli,
 )
 from tests.servers import gemini as fake
 
 API_KEY = "preflight-test-key"
 RETIRED = "gemini-3-pro-image-preview"  # in the registry, shut down on 2026-06-25
 NEW_MODEL = "gemini-9-image"  # not in the registry; the API has it in the tests that add it
-CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 
 
 @pytest.fixture
@@ -280,8 +279,7 @@ def cli_env(tmp_path: Path, demo_roster: Path, server: fake.GeminiTestServer) ->
 
 
 def cli(env: dict[str, str], *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    command = [CLI, "generate", "--draft-year", "2025", *args]
-    return subprocess.run(command, env={**env, **settings}, capture_output=True, text=True, timeout=120)
+    return run_cli(["generate", "--draft-year", "2025", *args], {**env, **settings})
 
 
 def test_the_cli_refuses_a_retired_model_with_exit_2_and_one_line(

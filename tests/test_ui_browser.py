@@ -24,7 +24,8 @@ from tests.dagster_dev import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# One worker runs them all (`make test` runs pytest-xdist with --dist loadgroup): one `dagster dev` for the module.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("dagster-dev")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -28,7 +28,7 @@ from portrait_pipeline.audit.models import PENDING, ImageQualityScore, PlayerIma
 from portrait_pipeline.cohorts import Selection, select_players
 from portrait_pipeline.defs.config import LikenessRunConfig, PortraitRunConfig, partition_request
 from portrait_pipeline.defs.partitions import portrait_partition_key
-from portrait_pipeline.defs.resources import Resources
+from portrait_pipeline.defs.resources import Resources, resources_from_env
 from portrait_pipeline.defs.runs import worker_tags
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
@@ -249,8 +249,9 @@ def run_generation(
     the signal handlers (Dagster installs its own only on the main thread): a signal stops the runs in progress
     and launches no other.
     """
-    from portrait_pipeline.defs.definitions import defs
+    from portrait_pipeline.defs.definitions import definitions
 
+    defs = definitions(resources_from_env())  # this environment's settings, whoever imported the module first
     stop = stop or StopRequest()
     started = time.monotonic()
     tags = {**CLI_TAGS, **worker_tags()}

@@ -8,7 +8,7 @@ Point the real SDK at it instead of mocking it::
 
 Scripted replies (``server.enqueue(rate_limited_reply(), image_reply())``) are used first-in first-out.
 Without one the server answers by default: an image for models whose name contains "image", text for
-the others, after ``latency_s``, limited to ``requests_per_second`` (429 with RetryInfo above it) and
+the others, after ``latency_s``, limited to ``requests_per_second`` per model (429 with RetryInfo above it) and
 failing a seeded ``failure_rate`` share of requests with 500. Scripted replies skip the rate limit and
 the random failures; ``latency_s`` delays every answer except the rate limiter's 429s.
 
@@ -335,8 +335,7 @@ class _State:
     in_flight: int = 0
     peak_in_flight: int = 0
     count_429: int = 0
-    tokens: float = 0.0
-    refilled_at: float = 0.0
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # by model: (tokens, refilled at)
     batches: dict[str, _Batch] = field(default_factory=dict)  # by id, in creation order
     files: dict[str, _File] = field(default_factory=dict)  # by id, complete uploads and batch results
     uploads: dict[str, _File] = field(default_factory=dict)  # by upload id, until finalized
@@ -491,9 +490,7 @@ class GeminiTestServer:
         """
         with self._lock:
             in_flight = self._state.in_flight
-            self._state = _State(in_flight=in_flight, peak_in_flight=in_flight)
-            self._state.tokens = self._bucket_size()
-            self._state.refilled_at = time.monotonic()
+            self._state = _State(in_flight=in_flight, peak_in_flight=in_flight)  # every model's bucket full again
             self._random = random.Random(self.seed)
 
     @property
@@ -634,7 +631,7 @@ class GeminiTestServer:
         """Rate limit, then random failures, then an image or a text answer depending on the model (a structured
         request: the JSON its schema asks for, see the module's docstring)."""
         with self._lock:
-            retry_after = self._take_token()
+            retry_after = self._take_token(record.model or "")
             if retry_after is not None:
                 self._state.count_429 += 1
                 return rate_limited_reply(retry_after)
@@ -957,19 +954,24 @@ class GeminiTestServer:
     def _bucket_size(self) -> float:
         return max(1.0, self.requests_per_second or 0.0)
 
-    def _take_token(self) -> float | None:
-        """Token bucket (lock held): None if the request may pass, else seconds until it could."""
+    def _take_token(self, model: str) -> float | None:
+        """The model's token bucket (lock held): None if the request may pass, else seconds until it could.
+
+        One bucket per model: Gemini's limits are per project and "vary depending on the specific model", each model
+        with its own requests per minute (ai.google.dev/gemini-api/docs/rate-limits and .../docs/quota, read
+        2026-11-29); the quality judge's Flash calls do not use up the image model's.
+        """
         rate = self.requests_per_second
         if rate is None:
             return None
         now = time.monotonic()
-        state = self._state
-        state.tokens = min(self._bucket_size(), state.tokens + (now - state.refilled_at) * rate)
-        state.refilled_at = now
-        if state.tokens >= 1.0:
-            state.tokens -= 1.0
+        tokens, refilled_at = self._state.buckets.get(model, (self._bucket_size(), now))
+        tokens = min(self._bucket_size(), tokens + (now - refilled_at) * rate)
+        if tokens >= 1.0:
+            self._state.buckets[model] = (tokens - 1.0, now)
             return None
-        return max(0.001, (1.0 - state.tokens) / rate)
+        self._state.buckets[model] = (tokens, now)
+        return max(0.001, (1.0 - tokens) / rate)
 
     def _finish_body(self, reply: Reply, model: str, request_body: Any) -> dict[str, Any]:
         """The reply's body, with modelVersion, responseId and token counts filled in for 200s."""
