@@ -180,7 +180,7 @@ async def generate_batch(
 
         def may_retry() -> bool:
             nonlocal retries
-            allowed = not interruption.stopping.is_set() and breaker.may_retry()
+            allowed = not interruption.request.requested and breaker.may_retry()  # the signal, as it comes
             retries += allowed
             return allowed
 

@@ -201,12 +201,11 @@ class ImageGenerationService:
         request = JudgeRequest(player.display_name, style, description)
         try:
             return await unless_aborted(interruption, self.quality.verdict(png, request), JUDGE_CANCELLED)
-        except NotSent as exc:  # the judge's call never left: nothing billed
+        except Interrupted as exc:
             model = self.quality.judge.model if self.quality.judge is not None else None
-            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model)
-        except Interrupted as exc:  # the request was sent and may be billed: its reserve is recorded (errs high)
-            model = self.quality.judge.model if self.quality.judge is not None else None
-            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model, cost_usd=self.quality.reserve_usd)
+            # A call that never left costs nothing; one that was sent may be billed: its reserve is recorded (errs high)
+            cost = Decimal("0") if isinstance(exc, NotSent) else self.quality.reserve_usd
+            return Verdict(NOT_SCORED, reason=str(exc), judge_model=model, cost_usd=cost)
 
     def _result(self, attempts: list[_Done]) -> PlayerResult:
         images = [done for done in attempts if done.asset.status == "succeeded"]
