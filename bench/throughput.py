@@ -159,7 +159,12 @@ def cpu_s() -> float:
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from portrait_pipeline.audit import db
-    from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource
+    from portrait_pipeline.defs.resources import (
+        DatabaseResource,
+        GeminiResource,
+        ImageStorageResource,
+        PortraitSettings,
+    )
     from tests.helpers import materialize_portraits, resources_for
 
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
@@ -173,7 +178,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             requests_per_minute=args.rpm,
         )
         storage = ImageStorageResource(local=True, local_dir=str(Path(folder) / "images"))
-        resources = resources_for(DatabaseResource(url=url), storage, gemini)
+        # PORTRAIT_QUALITY_JUDGE=false (the bench's own environment, as the CLI scenarios inherit it): the image lane
+        # alone, without the quality judge's call after each image.
+        judged = os.environ.get("PORTRAIT_QUALITY_JUDGE", "true").strip().lower() != "false"
+        settings = PortraitSettings(current_draft_year=2025, quality_judge=judged)
+        resources = resources_for(DatabaseResource(url=url), storage, gemini, settings=settings)
         rss_before = peak_rss_mb()
         profiler = cProfile.Profile() if args.profile else None
         started, cpu_before, clock_started = time.perf_counter(), cpu_s(), time.time()

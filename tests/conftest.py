@@ -13,6 +13,7 @@ from dagster._core.storage.defs_state.base import _current_storage
 from sqlalchemy.engine import make_url
 
 from portrait_pipeline.audit import db
+from portrait_pipeline.defs import resources as resource_module
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
 from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import LocalImageStorage
@@ -36,6 +37,13 @@ def _dagster_defs_state_isolated() -> Iterator[None]:
     _current_storage.set(None)
     yield
     _current_storage.set(None)
+
+
+@pytest.fixture(autouse=True)
+def _model_checks_forgotten() -> None:
+    """Each test's servers are new: a model that passed the preflight on an earlier test's server (whose port a
+    later server may reuse) must not count as checked."""
+    resource_module._PASSED.clear()
 
 
 @pytest.fixture(scope="session")

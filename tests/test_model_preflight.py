@@ -95,6 +95,20 @@ def test_the_defaults_pass_with_one_metadata_request_per_model(
     assert {request.model for request in server.requests} == {DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL}
 
 
+def test_the_runs_of_one_process_ask_once_per_model_and_a_refusal_is_asked_again(server: fake.GeminiTestServer) -> None:
+    """Each Dagster run builds its own resource (the CLI's partition runs too): a model that passed is not asked
+    again in this process for a while; one that was refused is, since the API may serve it by then."""
+    server.remove_model(DEFAULT_IMAGE_MODEL)
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="is not served by the API"):
+            gemini_for(server).preflight(image_size="1K")
+    assert server.request_counts == {"get_model": 2}
+    server.add_model(fake.ModelInfo(DEFAULT_IMAGE_MODEL, kind="image"))
+    for _ in range(3):
+        assert gemini_for(server).preflight(image_size="1K", judge=True) == []
+    assert server.request_counts == {"get_model": 4}  # the image model again, the judge's once: then both cached
+
+
 def test_a_model_shut_down_by_the_registrys_date_is_refused_without_a_request(
     gemini: GeminiResource, server: fake.GeminiTestServer
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -279,11 +280,16 @@ class GeminiResource(dg.ConfigurableResource):
         if judge and not dry_run:
             self.judge()  # raises when the registry has no token prices for the judge model
         for variable, model, kind in checks:
+            passed = (quota_id(self.api_key or "", self.base_url), kind, model, today)
+            if (kind, model) not in self._checked and passed in _PASSED and time.monotonic() < _PASSED[passed][0]:
+                self._checked = {**self._checked, (kind, model): (None, _PASSED[passed][1])}
             if (kind, model) not in self._checked:
                 try:
                     outcome: tuple[str | None, list[str]] = (None, check_model(self.client(), model, kind, today))
                 except ConfigurationError as exc:
                     outcome = (str(exc), [])
+                else:
+                    _PASSED[passed] = (time.monotonic() + PREFLIGHT_TTL_S, outcome[1])
                 self._checked = {**self._checked, (kind, model): outcome}
             refusal, found = self._checked[kind, model]
             if refusal is not None:
@@ -474,6 +480,13 @@ RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
     "likeness": LikenessResource,
     "quality": QualitySettings,
 }
+
+
+# Models that passed the preflight in this process, by (quota, kind, model, day): until when, and their warnings. The
+# CLI's partition runs are threads of one process, each with its own resources; without this each asked `models.get`
+# again (80 partitions: 80-160 metadata requests). A model retired meanwhile still fails its calls with the API's 404.
+PREFLIGHT_TTL_S = 600.0
+_PASSED: dict[tuple[str, str, str, date], tuple[float, list[str]]] = {}
 
 
 def resources_from_env() -> dict[str, Any]:

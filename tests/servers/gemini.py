@@ -512,11 +512,12 @@ class GeminiTestServer:
             return self._state.peak_in_flight
 
     def peak_in_flight_of(self, model: str) -> int:
-        """The most requests for `model` in flight at once (the judge's calls, say, left out of the image model's)."""
+        """The most `generateContent` calls to `model` in flight at once: what a client's pool of calls limits (the
+        judge's calls to another model, and `models.get` preflights, left out)."""
         edges = sorted(
             (at, step)
             for request in self.requests
-            if request.model == model
+            if request.model == model and request.kind == "generate_content"
             for at, step in ((request.started, 1), (request.ended if request.ended is not None else float("inf"), -1))
         )  # at equal times an answer (-1) sorts before an arrival (+1)
         peak = held = 0
