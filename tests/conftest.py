@@ -17,6 +17,8 @@ from portrait_pipeline.defs import resources as resource_module
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, PortraitSettings
 from portrait_pipeline.roster import import_roster, read_roster
 from portrait_pipeline.storage import LocalImageStorage
+from tests.helpers import current_catalogue, gemini_for
+from tests.servers import gemini as fake
 
 POSTGRES_URL = os.environ.get("PORTRAIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ON_CI = os.environ.get("CI", "").lower() == "true"
@@ -102,6 +104,25 @@ def storage_resource(image_dir: Path) -> ImageStorageResource:
 @pytest.fixture
 def local_storage(image_dir: Path) -> LocalImageStorage:
     return LocalImageStorage(image_dir)
+
+
+@pytest.fixture
+def api_key(request: pytest.FixtureRequest) -> str:
+    """The test module's `API_KEY`: each module's servers accept only its own key."""
+    return str(getattr(request.module, "API_KEY", "test-key"))
+
+
+@pytest.fixture
+def server(api_key: str) -> Iterator[fake.GeminiTestServer]:
+    """The local Gemini as the real API is today: the registry's current models, every other id 404s. A module that
+    needs other behaviour (latency, batch timing) defines its own `server`."""
+    with fake.GeminiTestServer(api_key=api_key, models=current_catalogue()) as running:
+        yield running
+
+
+@pytest.fixture
+def gemini(server: fake.GeminiTestServer, api_key: str) -> GeminiResource:
+    return gemini_for(server, api_key)
 
 
 @pytest.fixture

@@ -47,6 +47,20 @@ def generate_requests(server: fake.GeminiTestServer, model: str | None = None) -
     ]
 
 
+def gemini_for(server: fake.GeminiTestServer, api_key: str, **settings: Any) -> GeminiResource:
+    """A fresh resource on the local Gemini: quick retries, no client-side rate limit, unless `settings` say
+    otherwise (Dagster rebuilds a run's resources from their config, so a test changes them here)."""
+    defaults: dict[str, Any] = {
+        "api_key": api_key,
+        "base_url": server.base_url,
+        "timeout_s": 5.0,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+        "requests_per_minute": 60_000,
+    }
+    return GeminiResource(**{**defaults, **settings})
+
+
 def resources_for(
     database: DatabaseResource,
     storage: ImageStorageResource,

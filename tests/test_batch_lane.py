@@ -6,7 +6,6 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -30,24 +29,13 @@ from portrait_pipeline.generation.partition import PartitionRequest, PartitionRe
 from portrait_pipeline.generation.player import player_prompt
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL, pricing
 from portrait_pipeline.storage import sha256_hex
-from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
+from tests.helpers import generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
 
 API_KEY = "AIzaTEST-secret-key-0123456789abcdef"
 FAST = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05)
 PLAYERS = (1, 2, 3, 4)
-
-
-@pytest.fixture
-def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
-        yield running
-
-
-@pytest.fixture
-def gemini(server: fake.GeminiTestServer) -> GeminiResource:
-    return GeminiResource(api_key=API_KEY, base_url=server.base_url, timeout_s=5, retry_initial_s=0.05, retry_max_s=0.2)
 
 
 def request_for(**overrides: object) -> PartitionRequest:

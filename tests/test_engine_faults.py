@@ -38,6 +38,7 @@ from portrait_pipeline.generation.player import ImageGenerationService
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL
 from portrait_pipeline.storage import LocalImageStorage, StoredObject
 from portrait_pipeline.styles import Style
+from tests import helpers
 from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 from tests.servers.files import FileServer
@@ -68,16 +69,7 @@ def start_server() -> Iterator[StartServer]:
 
 def gemini_for(server: fake.GeminiTestServer, **settings: Any) -> GeminiResource:
     """Quick retries and no client-side rate limit unless a test asks for one."""
-    defaults: dict[str, Any] = {
-        "api_key": API_KEY,
-        "base_url": server.base_url,
-        "timeout_s": 5.0,
-        "retry_initial_s": 0.05,
-        "retry_max_s": 0.2,
-        "max_concurrency": 4,
-        "requests_per_minute": 60_000,
-    }
-    return GeminiResource(**{**defaults, **settings})
+    return helpers.gemini_for(server, API_KEY, **{"max_concurrency": 4, **settings})
 
 
 def add_players(database: DatabaseResource, count: int) -> list[int]:

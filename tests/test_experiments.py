@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,23 +41,12 @@ from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.partition import PartitionRequest, plan_partition, run_partition
 from portrait_pipeline.prompts import PROMPT_VARIANTS, prompt_variant
 from portrait_pipeline.styles import STYLES
-from tests.helpers import current_catalogue, generate_requests
+from tests.helpers import generate_requests
 from tests.servers import gemini as fake
 
 API_KEY = "experiments-test-key-91c2"
 CLI = str(Path(sys.executable).with_name("portrait-pipeline"))
 FAST_BATCH = batch.BatchSettings(poll_initial_s=0.02, poll_max_s=0.05)
-
-
-@pytest.fixture
-def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
-        yield running
-
-
-@pytest.fixture
-def gemini(server: fake.GeminiTestServer) -> GeminiResource:
-    return GeminiResource(api_key=API_KEY, base_url=server.base_url, timeout_s=5, retry_initial_s=0.05, retry_max_s=0.2)
 
 
 def system_instruction(request: fake.RecordedRequest) -> str:

@@ -26,7 +26,7 @@ from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_VISION
 from portrait_pipeline.prompts import SYSTEM_PROMPT_VERSION
 from portrait_pipeline.storage import LocalImageStorage, sha256_hex
 from tests.helpers import (
-    current_catalogue,
+    gemini_for,
     generate_requests,
     materialize_likeness,
     materialize_portraits,
@@ -41,22 +41,8 @@ VISION_MODEL = DEFAULT_VISION_MODEL
 
 
 @pytest.fixture
-def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
-        yield running
-
-
-@pytest.fixture
 def gemini(server: fake.GeminiTestServer) -> GeminiResource:
-    return GeminiResource(
-        api_key=API_KEY,
-        base_url=server.base_url,
-        timeout_s=5,
-        retry_initial_s=0.05,
-        retry_max_s=0.2,
-        max_concurrency=1,
-        requests_per_minute=60_000,
-    )
+    return gemini_for(server, API_KEY, max_concurrency=1)
 
 
 @pytest.fixture

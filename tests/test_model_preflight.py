@@ -10,7 +10,6 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -26,8 +25,8 @@ from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, I
 from portrait_pipeline.errors import ConfigurationError
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_VISION_MODEL
 from portrait_pipeline.roster import import_roster, read_roster
+from tests import helpers
 from tests.helpers import (
-    current_catalogue,
     generate_requests,
     materialize_likeness,
     materialize_portraits,
@@ -41,29 +40,14 @@ RETIRED = "gemini-3-pro-image-preview"  # in the registry, shut down on 2026-06-
 NEW_MODEL = "gemini-9-image"  # not in the registry; the API has it in the tests that add it
 
 
-@pytest.fixture
-def server() -> Iterator[fake.GeminiTestServer]:
-    with fake.GeminiTestServer(api_key=API_KEY, models=current_catalogue()) as running:
-        yield running
-
-
 def gemini_for(server: fake.GeminiTestServer, **settings: Any) -> GeminiResource:
     """A fresh resource (Dagster rebuilds a run's resources from their config, which `model_copy` does not change)."""
-    defaults: dict[str, Any] = {
-        "api_key": API_KEY,
-        "base_url": server.base_url,
-        "timeout_s": 5,
-        "retry_initial_s": 0.05,
-        "retry_max_s": 0.2,
-        "max_concurrency": 1,
-        "requests_per_minute": 60_000,
-    }
-    return GeminiResource(**{**defaults, **settings})
+    return helpers.gemini_for(server, API_KEY, **{"max_concurrency": 1, **settings})
 
 
 @pytest.fixture
 def gemini(server: fake.GeminiTestServer) -> GeminiResource:
-    return gemini_for(server)
+    return gemini_for(server)  # one call at a time: a model retired mid-run fails the calls after it
 
 
 def snapshots(database: DatabaseResource) -> list[PlayerImageSnapshot]:

@@ -36,6 +36,7 @@ from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAn
 from portrait_pipeline.generation.pacing import quota_id
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, MODELS
+from tests import helpers
 from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
 from tests.servers import gemini as fake
 
@@ -55,15 +56,8 @@ def _fresh_server(server: fake.GeminiTestServer) -> None:
 
 
 def gemini_for(server: fake.GeminiTestServer) -> GeminiResource:
-    return GeminiResource(
-        api_key="judge-test-key",
-        base_url=server.base_url,
-        timeout_s=5.0,
-        max_attempts=2,
-        retry_initial_s=0.01,
-        retry_max_s=0.05,
-        max_concurrency=4,
-        requests_per_minute=60_000,
+    return helpers.gemini_for(
+        server, "judge-test-key", max_attempts=2, retry_initial_s=0.01, retry_max_s=0.05, max_concurrency=4
     )
 
 
