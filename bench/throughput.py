@@ -681,6 +681,42 @@ def reserve_latencies(count: int = 200) -> list[tuple[str, float, float]]:
     return results
 
 
+# Issue 15's scenarios through the CLI (scenario 1 runs the asset in a worker, 4 two CLI processes).
+CLI_SCENARIOS: dict[str, dict[str, Any]] = {
+    "2": {
+        "name": "2 CLI 20 years x 10, 2s, 20/s, c16, 1140/min",
+        "years": 20,
+        "per_year": 10,
+        "styles": ["default"],
+        "latency": 2.0,
+        "server_rps": 20,
+        "client_rpm": 1140,
+        "concurrency": 16,
+    },
+    "3": {
+        "name": "3 client 5x server: 2/s vs 600/min, 60, c8",
+        "years": 1,
+        "per_year": 60,
+        "styles": ["default"],
+        "latency": 0.5,
+        "server_rps": 2,
+        "client_rpm": 600,
+        "concurrency": 8,
+    },
+    "5": {
+        "name": "5 --all offline, 20 years x 4 styles x 3",
+        "years": 20,
+        "per_year": 3,
+        "styles": ["default", "vector", "comic", "retro"],
+        "latency": 0.0,
+        "server_rps": None,
+        "client_rpm": 60,
+        "concurrency": 8,
+        "renderer": "offline",
+    },
+}
+
+
 def run_scenarios(which: str) -> None:
     chosen = {"1", "2", "3", "4", "5"} if which == "all" else set(which.split(","))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -704,45 +740,13 @@ def run_scenarios(which: str) -> None:
             ).line(),
             flush=True,
         )
-    if "2" in chosen:
-        figures = cli_scenario(
-            "2 CLI 20 years x 10, 2s, 20/s, c16, 1140/min",
-            years=20,
-            per_year=10,
-            styles=["default"],
-            latency=2.0,
-            server_rps=20,
-            client_rpm=1140,
-            concurrency=16,
-        )
-        print(figures.line(), flush=True)
-    if "3" in chosen:
-        figures = cli_scenario(
-            "3 client 5x server: 2/s vs 600/min, 60, c8",
-            years=1,
-            per_year=60,
-            styles=["default"],
-            latency=0.5,
-            server_rps=2,
-            client_rpm=600,
-            concurrency=8,
-        )
-        print(figures.line(), flush=True)
-    if "4" in chosen:
-        two_processes_scenario()
-    if "5" in chosen:
-        figures = cli_scenario(
-            "5 --all offline, 20 years x 4 styles x 3",
-            years=20,
-            per_year=3,
-            styles=["default", "vector", "comic", "retro"],
-            latency=0.0,
-            server_rps=None,
-            client_rpm=60,
-            concurrency=8,
-            renderer="offline",
-        )
-        print(figures.line(), flush=True)
+    for scenario in ("2", "3", "4", "5"):
+        if scenario not in chosen:
+            continue
+        if scenario == "4":
+            two_processes_scenario()
+        else:
+            print(cli_scenario(**CLI_SCENARIOS[scenario]).line(), flush=True)
 
 
 if __name__ == "__main__":
