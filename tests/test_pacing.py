@@ -17,6 +17,7 @@ from portrait_pipeline.audit import db
 from portrait_pipeline.audit.models import Player, PlayerImageSnapshot
 from portrait_pipeline.cli import launch
 from portrait_pipeline.cohorts import Selection
+from portrait_pipeline.defs.event_log import OneEngineSqliteEventLogStorage
 from portrait_pipeline.defs.resources import DatabaseResource, GeminiResource, ImageStorageResource, Resources
 from portrait_pipeline.generation.gemini import GeminiClient
 from portrait_pipeline.generation.pacing import CallSlots, Pacer
@@ -192,6 +193,7 @@ def test_a_selection_across_partitions_shares_one_pool_of_calls(
     with dg.DagsterInstance.from_config(str(home)) as instance:
         summary = launch.run_generation(instance, resources, plan, interactive=False)
         records = instance.fetch_materializations(dg.AssetKey("player_portraits"), limit=100).records
+        assert isinstance(instance.event_log_storage, OneEngineSqliteEventLogStorage)  # what the events went through
     assert [p.generated for p in summary.partitions] == [4, 4, 4] and not summary.failed
     peak = server.peak_in_flight_of(DEFAULT_IMAGE_MODEL)
     assert peak > 4, f"peak in flight {peak}: the partitions ran one at a time"
