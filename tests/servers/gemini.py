@@ -10,7 +10,8 @@ Scripted replies (``server.enqueue(rate_limited_reply(), image_reply())``) are u
 Without one the server answers by default: an image for models whose name contains "image", text for
 the others, after ``latency_s``, limited to ``requests_per_second`` per model (429 with RetryInfo above it) and
 failing a seeded ``failure_rate`` share of requests with 500. Scripted replies skip the rate limit and
-the random failures; ``latency_s`` delays every answer except the rate limiter's 429s.
+the random failures; ``latency_s`` delays every ``generateContent`` answer except the rate limiter's 429s (other
+endpoints answer at once; a scripted reply's ``delay_s`` delays any).
 
 With ``models=[...]`` the server is also the model catalogue: ``GET /{version}/models[/{id}]`` answers
 with Gemini's Model JSON and every other model id gets the real API's 404 NOT_FOUND, on every endpoint.
@@ -1093,8 +1094,10 @@ class _Handler(BaseHTTPRequestHandler):
         answered = False
         try:
             reply = gemini._check(record, params, len(raw)) or gemini._next_reply(record)
-            # Every answer waits latency_s, except the rate limiter's quick 429s.
-            delay = reply.delay_s + (0.0 if reply.status == 429 and not record.scripted else gemini.latency_s)
+            # latency_s is the model's time to answer: generateContent waits it (not the rate limiter's quick 429s);
+            # metadata, batch and file requests answer at once, as the real API's do.
+            generating = record.kind in _GENERATE_KINDS and (reply.status != 429 or record.scripted)
+            delay = reply.delay_s + (gemini.latency_s if generating else 0.0)
             if delay > 0 and gemini._stopping.wait(delay):
                 return  # stopping: drop the request unanswered
             response = gemini._respond(record, reply, params, raw)
