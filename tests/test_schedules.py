@@ -63,10 +63,12 @@ def evaluate(
     instance: dg.DagsterInstance,
     tick: datetime = TICK,
 ) -> Any:
-    context = dg.build_schedule_context(
+    # As a context manager: left open, the context's exit stack (which set Dagster's defs-state storage) was closed
+    # only when garbage-collected, in some later test, and put back a storage whose instance had gone.
+    with dg.build_schedule_context(
         instance=instance, scheduled_execution_time=tick, resources={"database": database, "settings": settings}
-    )
-    return schedule(context)
+    ) as context:
+        return schedule(context)
 
 
 def test_schedules_are_off_until_turned_on() -> None:
@@ -184,10 +186,10 @@ def test_schedule_requests_resolve_against_the_definitions(
         schedules=[schedule],
         resources={**resources_for(database, storage_resource, offline_gemini), "settings": settings},
     )
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance, scheduled_execution_time=TICK, resources=resources, repository_def=defs.get_repository_def()
-    )
-    [run] = schedule.evaluate_tick(context).run_requests or []
+    ) as context:
+        [run] = schedule.evaluate_tick(context).run_requests or []
     assert run.tags["dagster/partition/draft_year"] == "2025" and run.tags["dagster/schedule_name"] == schedule.name
     job = defs.get_repository_def().get_job(schedule.job_name)
     assert dg.validate_run_config(job, run.run_config)["ops"]["player_portraits"]["config"]["missing_only"]

@@ -96,10 +96,11 @@ def evaluate(
     since: str | None = None,
 ) -> dg.SensorResult:
     """One tick, then the partition additions applied as the daemon would."""
-    context = dg.build_sensor_context(
+    # As a context manager (see test_schedules.evaluate): an open context puts back a dead defs-state storage later.
+    with dg.build_sensor_context(
         instance=instance, cursor=since, resources={"database": database, "settings": settings}
-    )
-    result = new_prospects_sensor(context)
+    ) as context:
+        result = new_prospects_sensor(context)
     assert isinstance(result, dg.SensorResult)
     for add_request in result.dynamic_partitions_requests or []:
         assert isinstance(add_request, dg.AddDynamicPartitionsRequest)
@@ -302,10 +303,12 @@ def test_sensor_requests_resolve_against_the_definitions(
         sensors=[new_prospects_sensor],
         resources={**resources_for(database, storage_resource, offline_gemini), "settings": settings},
     )
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(
             instance=instance, instance_ref=instance.get_ref(), definitions=defs, resources=resources
-        )
+        ) as context,
+    ):
         data = new_prospects_sensor.evaluate_tick(context)
     [run] = data.run_requests or []
     assert run.tags["dagster/partition/draft_year"] == "2026" and run.tags["dagster/partition/style"] == "default"
