@@ -198,7 +198,9 @@ def test_missing_only_checks_again_after_the_claim_for_an_image_another_run_fini
     released the claim: B must see the new image and skip, not pay for a second one."""
     server = start_server()
     first, second = add_players(database, 2)
-    server.enqueue(fake.slow_reply(1.0), fake.slow_reply(1.5))  # A's player 2, then B's player 1
+    # A's player 2, then B's player 1: B reaches player 2 2 s after A's answer, time enough for A to store it and
+    # release its claim on a loaded 2-core machine running two test workers (0.5 s was not, once in five runs).
+    server.enqueue(fake.slow_reply(1.0), fake.slow_reply(3.0))
     a = overlapping_run(database, server, image_dir, PartitionRequest(DRAFT_YEAR, STYLE, "512", player_ids=(second,)))
     while len(image_calls(server)) < 1:
         time.sleep(0.01)
