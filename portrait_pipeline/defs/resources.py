@@ -280,22 +280,27 @@ class GeminiResource(dg.ConfigurableResource):
         if judge and not dry_run:
             self.judge()  # raises when the registry has no token prices for the judge model
         for variable, model, kind in checks:
-            passed = (quota_id(self.api_key or "", self.base_url), kind, model, today)
-            if (kind, model) not in self._checked and passed in _PASSED and time.monotonic() < _PASSED[passed][0]:
-                self._checked = {**self._checked, (kind, model): (None, _PASSED[passed][1])}
-            if (kind, model) not in self._checked:
-                try:
-                    outcome: tuple[str | None, list[str]] = (None, check_model(self.client(), model, kind, today))
-                except ConfigurationError as exc:
-                    outcome = (str(exc), [])
-                else:
-                    _PASSED[passed] = (time.monotonic() + PREFLIGHT_TTL_S, outcome[1])
-                self._checked = {**self._checked, (kind, model): outcome}
-            refusal, found = self._checked[kind, model]
+            refusal, found = self._checked_model(model, kind, today)
             if refusal is not None:
                 raise ConfigurationError(f"{variable}={model} {refusal}")
             warnings += [f"{variable}={model} {warning}" for warning in found]
         return warnings
+
+    def _checked_model(self, model: str, kind: ModelKind, today: date) -> tuple[str | None, list[str]]:
+        """`check_model`'s refusal (or None) and warnings, asked once per resource; a pass is remembered by the
+        process for `PREFLIGHT_TTL_S` (`_PASSED`), a refusal only by this resource."""
+        if (kind, model) not in self._checked:
+            passed = (quota_id(self.api_key or "", self.base_url), kind, model, today)
+            until, warnings = _PASSED.get(passed, (0.0, []))
+            outcome: tuple[str | None, list[str]] = (None, warnings)
+            if time.monotonic() >= until:
+                try:
+                    outcome = (None, check_model(self.client(), model, kind, today))
+                    _PASSED[passed] = (time.monotonic() + PREFLIGHT_TTL_S, outcome[1])
+                except ConfigurationError as exc:
+                    outcome = (str(exc), [])
+            self._checked = {**self._checked, (kind, model): outcome}
+        return self._checked[kind, model]
 
     def _price_warnings(self, image_size: ImageSize, dry_run: bool) -> list[str]:
         """A run needs the image price (its audit rows and budget); a dry run shows "unknown" instead."""
