@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,3 +232,15 @@ def test_review_serve_refuses_a_network_address_without_a_token(run: Run, seeded
     assert refused.stderr.strip().splitlines()[-1] == (
         "portrait-pipeline: error: review serve --host 0.0.0.0: set REVIEW_TOKEN to serve beyond this machine"
     )
+
+
+def test_with_local_storage_the_command_never_imports_the_s3_client() -> None:
+    """dagster-aws imports all its components and boto3 (over a second of a CLI start-up): only a bucket needs it."""
+    code = (
+        "import sys; import portrait_pipeline.cli.main, portrait_pipeline.defs.definitions as d;"
+        "d.defs.resources['storage'].get_storage();"
+        "print(sorted(m for m in ('dagster_aws', 'boto3') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "IMAGE_"))}
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,7 +195,14 @@ def test_a_selection_across_partitions_shares_one_pool_of_calls(
         summary = launch.run_generation(instance, resources, plan, interactive=False)
         records = instance.fetch_materializations(dg.AssetKey("player_portraits"), limit=100).records
         assert isinstance(instance.event_log_storage, OneEngineSqliteEventLogStorage)  # what the events went through
+        starts = sorted(run.start_time or 0.0 for run in instance.get_run_records())
     assert [p.generated for p in summary.partitions] == [4, 4, 4] and not summary.failed
+    # The runs start one at a time (LaunchGate): the second once the first has asked for its first call slot, just
+    # before that call reached the server. Started together, all three began before any call (each run's start-up
+    # is tenths of a second); 0.1 s leaves room for the time between the slot and the request's arrival.
+    epoch_of_monotonic = time.time() - time.monotonic()  # the server records time.monotonic(), Dagster time.time()
+    first_call = min(r.started for r in server.requests if r.kind == "generate_content") + epoch_of_monotonic
+    assert starts[1] > first_call - 0.1, f"second run started {first_call - starts[1]:.2f} s before the first call"
     peak = server.peak_in_flight_of(DEFAULT_IMAGE_MODEL)
     assert peak > 4, f"peak in flight {peak}: the partitions ran one at a time"
     assert peak <= 12
@@ -207,3 +215,120 @@ def test_a_selection_across_partitions_shares_one_pool_of_calls(
         snapshots = session.scalars(select(PlayerImageSnapshot)).all()
         assert sorted((s.draft_year, s.success_count) for s in snapshots) == [(2033, 4), (2034, 4), (2035, 4)]
         assert len({s.dagster_run_id for s in snapshots}) == 3
+
+
+class _Runs:
+    """Partition runs in threads, each launched through the gate: whether it was launched, and when."""
+
+    def __init__(self, gate: launch.LaunchGate, stop: StopRequest) -> None:
+        self.gate, self.stop = gate, stop
+        self.launched: dict[str, threading.Event] = {}
+        self.refused: set[str] = set()
+        self.finish = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, name: str, call: CallSlots | None = None, when: threading.Event | None = None) -> None:
+        """A run that, once launched (and `when` is set), asks `call` for a slot, then stays until `finish`."""
+        self.launched[name] = threading.Event()
+
+        def run() -> None:
+            with self.gate.turn(self.stop) as launched:
+                if not launched:
+                    self.refused.add(name)
+                    return
+                self.launched[name].set()
+                if call is not None and (when is None or when.wait(10)):
+                    asyncio.run(take_and_give_back(call))
+                self.finish.wait(10)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def end(self) -> None:
+        self.finish.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+async def take_and_give_back(slots: CallSlots) -> None:
+    async with slots:
+        pass
+
+
+def test_the_launch_gate_starts_a_run_once_the_one_before_it_asks_for_a_call_slot() -> None:
+    slots = CallSlots(4)
+    runs = _Runs(launch.LaunchGate(slots, patience_s=30), StopRequest())
+    first_calls = threading.Event()
+    try:
+        runs.start("first", call=slots, when=first_calls)
+        assert runs.launched["first"].wait(5)
+        runs.start("second")
+        time.sleep(0.3)
+        assert not runs.launched["second"].is_set(), "launched while the run before it was still starting"
+        other = threading.Thread(target=asyncio.run, args=(take_and_give_back(slots),))  # not the first run's
+        other.start()
+        other.join(5)
+        time.sleep(0.1)
+        assert not runs.launched["second"].is_set(), "a call of another context opened the gate"
+        first_calls.set()  # from its own event loop, in the context the gate gave its thread
+        assert runs.launched["second"].wait(5), "the first run's call did not open the gate"
+        assert not runs.finish.is_set()  # ... while the first run was still running
+    finally:
+        runs.end()
+
+
+def test_the_launch_gate_holds_runs_while_a_slot_is_owed_to_every_waiting_call() -> None:
+    slots = CallSlots(1)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    stop = StopRequest()
+    runs = _Runs(launch.LaunchGate(slots, patience_s=30), stop)
+    try:
+        asyncio.run_coroutine_threadsafe(slots.acquire(), loop).result(5)  # in flight
+        queued = asyncio.run_coroutine_threadsafe(slots.acquire(), loop)  # waiting: as many as there are slots
+        while slots.waiting < 1:
+            time.sleep(0.01)
+        runs.start("first")
+        time.sleep(0.3)
+        assert not runs.launched["first"].is_set(), "launched with a full queue of calls"
+        slots.release()  # the call in flight answers: the waiting one takes its slot, the queue has room
+        queued.result(5)
+        assert runs.launched["first"].wait(5)
+        queued = asyncio.run_coroutine_threadsafe(slots.acquire(), loop)  # the queue is full again
+        while slots.waiting < 1:
+            time.sleep(0.01)
+        runs.start("second")
+        time.sleep(0.3)
+        stop.request(signal.SIGTERM)
+        runs.threads[1].join(5)
+        assert runs.refused == {"second"}, "a stop while waiting for a turn launches nothing"
+    finally:
+        runs.end()
+        slots.release()
+        queued.result(5)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_run_that_makes_no_call_holds_the_next_one_only_for_the_patience() -> None:
+    runs = _Runs(launch.LaunchGate(CallSlots(4), patience_s=0.5), StopRequest())
+    try:
+        runs.start("first")
+        assert runs.launched["first"].wait(5)
+        started = time.monotonic()
+        runs.start("second")
+        assert runs.launched["second"].wait(5)
+        assert time.monotonic() - started >= 0.45
+    finally:
+        runs.end()
+
+
+def test_without_paced_calls_the_gate_launches_every_run_at_once() -> None:
+    runs = _Runs(launch.LaunchGate(None), StopRequest())
+    try:
+        for name in ("first", "second", "third"):
+            runs.start(name)
+        for name in ("first", "second", "third"):
+            assert runs.launched[name].wait(2)
+    finally:
+        runs.end()

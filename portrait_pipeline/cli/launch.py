@@ -31,6 +31,7 @@ from portrait_pipeline.defs.partitions import portrait_partition_key
 from portrait_pipeline.defs.resources import Resources, resources_from_env
 from portrait_pipeline.defs.runs import worker_tags
 from portrait_pipeline.errors import InvalidInput, PortraitPipelineError
+from portrait_pipeline.generation.pacing import CallSlots, calls_queued
 from portrait_pipeline.generation.partition import PartitionPlan, plan_partition
 from portrait_pipeline.interrupts import StopRequest, exit_status
 from portrait_pipeline.model_registry import ImagePricing, ImageSize, parse_image_size, usd
@@ -261,6 +262,7 @@ def run_generation(
         ProgressBoard(resources, display) as board,
     ):
         todo = [launch for launch in plan.partitions if launch.has_work]
+        gate = LaunchGate(image_call_slots(resources, todo))
         runs.add_dynamic_partitions("draft_years", sorted({launch.plan.request.draft_year_key for launch in todo}))
         for launch in _first_of_each_draft_year(todo):
             if launch.plan.request.fetch_likeness and not stop.requested:
@@ -282,18 +284,19 @@ def run_generation(
             planned = len(partition.to_generate)
             if not launch.has_work:
                 return PartitionSummary(request.partition_key, skipped=len(partition.skipped))
-            if stop.requested:
-                return PartitionSummary(request.partition_key, status="not launched", planned=planned)
             run_id = str(uuid.uuid4())  # known before the run starts, so progress can follow it
-            with board.follow(run_id, request.partition_key, planned):
-                defs.resolve_job_def("portraits_job").execute_in_process(
-                    run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
-                    instance=runs,
-                    partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
-                    run_id=run_id,
-                    tags=tags,
-                    raise_on_error=False,
-                )
+            with gate.turn(stop) as launched:
+                if not launched:
+                    return PartitionSummary(request.partition_key, status="not launched", planned=planned)
+                with board.follow(run_id, request.partition_key, planned):
+                    defs.resolve_job_def("portraits_job").execute_in_process(
+                        run_config={**launch.config.run_config(), "loggers": QUIET_LOGGERS},
+                        instance=runs,
+                        partition_key=str(portrait_partition_key(request.draft_year_key, request.style)),
+                        run_id=run_id,
+                        tags=tags,
+                        raise_on_error=False,
+                    )
             return summarize_run(resources, runs, request.partition_key, run_id, planned)
 
         workers = max(1, min(len(plan.partitions), resources.gemini.max_concurrency))
@@ -307,6 +310,61 @@ def run_generation(
         interrupted=stop.reason if stop.requested else None,
         signum=stop.signum,
     )
+
+
+def image_call_slots(resources: Resources, launches: list[PartitionLaunch]) -> CallSlots | None:
+    """The image model's call slots, shared by every run of this process; None when the runs make no paced image
+    calls (the offline renderer, the batch lane)."""
+    if not resources.gemini.uses_gemini or any(launch.plan.request.lane == "batch" for launch in launches):
+        return None
+    return resources.gemini.client().pacing.slots
+
+
+class LaunchGate:
+    """Starts partition runs one at a time: each once the run before it has asked for its first call slot, and
+    only while fewer calls wait for a slot than there are slots.
+
+    The runs share one interpreter and its lock. Launched all at once, 16 runs went through their start-ups (run
+    record, execution plan, resources, claims) side by side, and the first call left when the first of them was
+    through: 3.7 s after the launch on a 2-core machine, with every slot idle meanwhile. One at a time, the first
+    call leaves after one start-up and the other runs start while calls are in flight. More calls queued than there
+    are slots would only hold claims and memory: the next run starts when the queue has room.
+    """
+
+    def __init__(self, slots: CallSlots | None, patience_s: float = 5.0, poll_s: float = 0.02) -> None:
+        self._slots = slots
+        self._patience_s = patience_s  # a run that makes no call in this long (slow preflight) no longer holds others
+        self._poll_s = poll_s
+        self._lock = threading.Lock()  # one launcher waits for its turn at a time
+        self._starting: threading.Event | None = None  # set once the latest run asked for a slot or ended
+        self._since = 0.0
+
+    @contextmanager
+    def turn(self, stop: StopRequest) -> Iterator[bool]:
+        """Wait for this run's turn; False if a stop came first. Launch the run inside: its calls end the turn."""
+        if self._slots is None:
+            yield not stop.requested
+            return
+        with self._lock:
+            while not stop.requested and not self._open(self._slots):
+                time.sleep(self._poll_s)
+            started = threading.Event()
+            self._starting, self._since = started, time.monotonic()
+        if stop.requested:
+            started.set()
+            yield False
+            return
+        token = calls_queued.set(started.set)
+        try:
+            yield True
+        finally:
+            calls_queued.reset(token)
+            started.set()  # ended without asking for a call (nothing left to do, a failure)
+
+    def _open(self, slots: CallSlots) -> bool:
+        previous = self._starting
+        started = previous is None or previous.is_set() or time.monotonic() - self._since >= self._patience_s
+        return started and slots.waiting < slots.size
 
 
 # Dagster captures a run's stdout and stderr by pointing the process's file descriptors 1 and 2 at the run's log

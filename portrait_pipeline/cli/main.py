@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import os
 import sys
@@ -539,5 +540,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def console() -> int:
+    """The `portrait-pipeline` command: `main`, then an exit without the interpreter's last garbage collections.
+
+    Those walk every object still alive (Dagster's definitions and a run's worth of events): 0.8 s of a 33 s
+    `generate` on a 2-core machine, after the summary was printed. Everything that holds a file or a connection is
+    closed by then (`open_context`); `gc.freeze()` only spares the collector the walk, and Python does not promise
+    finalizers at exit anyway. Not in `main`, which tests call in-process: frozen objects are never freed.
+    """
+    status = main()
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -26,6 +26,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -150,6 +152,11 @@ class Pacer:
         self._changed_at = now
 
 
+# Told when a call asks for a slot, in the context that set it: the CLI's launch gate learns that the partition run
+# it started (in that thread: the run's event loop inherits the context) has begun its calls (`cli/launch.py`).
+calls_queued: ContextVar[Callable[[], None] | None] = ContextVar("portrait_pipeline_calls_queued", default=None)
+
+
 class CallSlots:
     """At most `size` calls in flight, for coroutines of any event loop in any thread (asyncio.Semaphore's are
     bound to one loop, and the CLI's partition runs each have their own)."""
@@ -167,7 +174,16 @@ class CallSlots:
         with self._lock:
             return self.size - self._free
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot."""
+        with self._lock:
+            return len(self._waiters)
+
     async def acquire(self) -> None:
+        notify = calls_queued.get()
+        if notify is not None:
+            notify()
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._free > 0 and not self._waiters:

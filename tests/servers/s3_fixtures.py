@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from portrait_pipeline.defs.resources import PortraitS3Resource
+from portrait_pipeline.defs.s3 import PortraitS3Resource
 from portrait_pipeline.storage import S3ImageStorage
 
 from .seaweedfs import S3Identity, SeaweedS3
