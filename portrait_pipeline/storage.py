@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -20,6 +20,7 @@ from portrait_pipeline.errors import StorageError
 PNG = "image/png"
 # The readiness check writes and deletes one object here; no pipeline key starts with it.
 PROBE_PREFIX = "_probe/"
+FOLDER_ATTEMPTS = 5  # a folder removed under a write (see LocalImageStorage._create) is made again this often
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,11 @@ class LocalImageStorage:
             # Immutable keys are content-addressed: an existing object already holds these bytes.
             return self._stored(key, digest, len(data))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             # Write beside the target, then rename: a crash never leaves a half-written image. `open(..., "xb")`
             # creates with mode 0666 less the umask, like any file (mkstemp's 0600 kept web servers out).
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
-                with open(tmp, "xb") as handle:
+                with self._create(tmp) as handle:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -132,6 +132,21 @@ class LocalImageStorage:
         if written != len(data):
             raise StorageError(f"short write to {path}: {written} of {len(data)} bytes")
         return self._stored(key, digest, len(data))
+
+    @staticmethod
+    def _create(path: Path) -> BinaryIO:
+        """A new file at `path`, in a folder made for it. A `delete` in another thread removes a folder it emptied
+        (the runs of one CLI probe `_probe/` together): made again if it went between the mkdir and the open."""
+        attempts = FOLDER_ATTEMPTS
+        while True:
+            try:
+                # (mkdir's exist_ok finds "exists" and then no folder when the removal falls in between)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return open(path, "xb")
+            except (FileNotFoundError, FileExistsError):
+                attempts -= 1
+                if not attempts:
+                    raise
 
     def get(self, key: str) -> bytes:
         path = self.path_for(key)

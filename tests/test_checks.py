@@ -56,14 +56,17 @@ def generate(resources: dict[str, Any], instance: dg.DagsterInstance, config: di
     assert materialize_portraits(resources, PARTITION, config, instance).success
 
 
-def run_checks(resources: dict[str, Any], instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """The checks on their own, as launched from a check's page.
+def run_checks(
+    resources: dict[str, Any], instance: dg.DagsterInstance, only: str | None = None
+) -> dg.ExecuteInProcessResult:
+    """The checks on their own (or the one named `only`), as launched from a check's page.
 
     The partition travels as a run tag: Dagster 1.13's `partition_key=` refuses a selection without assets.
     """
+    checks = [dg.AssetCheckKey(player_portraits.key, only)] if only else portrait_checks
     result = dg.materialize(
         [player_portraits, *portrait_checks],
-        selection=dg.AssetSelection.checks(*portrait_checks),
+        selection=dg.AssetSelection.checks(*checks),
         tags={"dagster/partition": str(portrait_partition_key(*PARTITION))},
         instance=instance,
         resources=resources,
@@ -296,6 +299,14 @@ def test_pending_review_warns_with_the_count_of_the_partition(
         for asset in pending:
             approve(db, resources["storage"].get_storage(), asset.id, "art-director")
     assert evaluations(run_checks(resources, instance))["pending_review"].passed
+
+
+def test_one_check_runs_alone_as_from_its_page(resources: dict[str, Any], instance: dg.DagsterInstance) -> None:
+    generate(resources, instance, {"player_ids": [1, 2, 3]})
+    result = run_checks(resources, instance, only="coverage")
+    assert result.success
+    assert list(evaluations(result)) == ["coverage"]  # the step evaluates what was selected, nothing else
+    assert evaluations(result)["coverage"].metadata["missing"].value == 17
 
 
 def test_checks_are_partitioned_like_the_asset() -> None:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,3 +273,25 @@ def test_local_images_get_the_process_umask_like_any_file(tmp_path: Path, umask:
         os.umask(previous)
     for key in ("players/1/x.png", "players/1/current.png"):
         assert (storage.path_for(key).stat().st_mode & 0o777) == mode
+
+
+def test_concurrent_readiness_probes_of_one_folder_all_pass(tmp_path: Path) -> None:
+    """Partition runs of one CLI start together and each probes the folder: a probe's delete removes the emptied
+    `_probe/` folder, which another run had just made for its own probe (seen once in 4 offline `--all` runs)."""
+    storage = LocalImageStorage(tmp_path / "images")
+    errors: list[str] = []
+
+    def probe_often() -> None:
+        for _ in range(300):
+            try:
+                storage.check_ready()
+            except StorageError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=probe_often) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert storage.list_keys(PROBE_PREFIX) == []

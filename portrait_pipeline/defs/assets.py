@@ -253,11 +253,6 @@ def summary_metadata(result: PartitionResult) -> dict[str, Any]:
         ),
         "model": result.plan.model,
         "lane": request.lane,
-        **(
-            {"batch_jobs": dg.MetadataValue.md("\n".join(f"- {note}" for note in result.notes))}
-            if request.lane == "batch"
-            else {}
-        ),
         "estimated_batch_cost_usd": usd_metadata(result.plan.estimated_batch_cost_usd),
         "image_size": request.image_size,
         "prompt_variant": variant.name,
