@@ -462,6 +462,16 @@ def lost_players(url: str) -> int:
     return failed
 
 
+def create_instance(home: Path) -> None:
+    """The CLI's instance (dagster.dev.yaml) in `home`, as on any machine after its first run: Dagster creates and
+    stamps its SQLite storages on first use (about 0.5 s of a 2-core machine), which no later command pays again."""
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.dev.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}  # (the yaml reads DAGSTER_HOME)
+    create = "import dagster; dagster.DagsterInstance.get().dispose()"
+    subprocess.run([sys.executable, "-c", create], env=env, check=True)
+
+
 def cli_generate(
     folder: Path, url: str, env: dict[str, str], styles: list[str], extra: list[str] | None = None
 ) -> tuple[float, float, str]:
@@ -478,13 +488,7 @@ def cli_generate(
         "CURRENT_DRAFT_YEAR": "2030",
         **env,
     }
-    (folder / "dagster_home").mkdir(exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.dev.yaml", folder / "dagster_home" / "dagster.yaml")  # the CLI's instance
-    # An instance that exists, as on any machine after its first run: Dagster creates and stamps its SQLite
-    # storages on first use (about 0.5 s of a 2-core machine), which no later command pays again.
-    subprocess.run(
-        [sys.executable, "-c", "import dagster; dagster.DagsterInstance.get().dispose()"], env=full_env, check=True
-    )
+    create_instance(folder / "dagster_home")
     started = time.perf_counter()
     with subprocess.Popen(
         [*command, *(extra or [])], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -585,12 +589,7 @@ def two_cli_processes(pacing: str) -> tuple[Figures, float, float, int]:
         url = f"sqlite:///{folder / 'bench.db'}"
         seed_cohort(url, 2, TWO_PROCESS_PLAYERS)
         home = folder / "dagster_home"
-        home.mkdir()
-        shutil.copy(REPO_ROOT / "dagster.dev.yaml", home / "dagster.yaml")  # the CLI's instance, shared
-        import dagster as dg
-
-        with dg.DagsterInstance.from_config(str(home)):
-            pass  # its storage made once here: two CLIs creating it at once race on its tables
+        create_instance(home)  # shared by both CLIs: two creating it at once race on its tables
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "S3_", "DAGSTER_", "PORTRAIT_"))},
             "PYTHONPATH": str(REPO_ROOT),
