@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +38,7 @@ from portrait_pipeline.generation import batch
 from portrait_pipeline.generation.judge import CRITERIA, RUBRIC_VERSION, JudgeAnswerInvalid, parse_answer
 from portrait_pipeline.generation.pacing import quota_id
 from portrait_pipeline.generation.partition import PartitionRequest, PartitionResult, run_partition
+from portrait_pipeline.interrupts import StopRequest
 from portrait_pipeline.model_registry import DEFAULT_IMAGE_MODEL, DEFAULT_JUDGE_MODEL, MODELS
 from tests import helpers
 from tests.helpers import current_catalogue, generate_requests, materialize_portraits, resources_for
@@ -371,3 +375,34 @@ def test_a_judge_model_without_token_prices_is_refused_before_any_call(server: f
     with pytest.raises(ConfigurationError, match=r"GEMINI_JUDGE_MODEL=gemini-3\.7-flash has no token prices"):
         gemini.preflight(image_size="512", judge=True)
     assert generate_requests(server) == [] and judge_requests(server) == []
+
+
+def test_a_stop_before_the_judge_call_leaves_the_stored_image_unscored_at_no_cost(
+    database: DatabaseResource, storage_resource: ImageStorageResource, server: fake.GeminiTestServer
+) -> None:
+    """A signal while the image call is in flight: the answer is stored within the grace period, and the judge's
+    call, which had not left, is not sent. Its row says why, at $0: a call that never left is never billed."""
+    add_players(database, "Stopped Before Judging")
+    server.enqueue(fake.slow_reply(1.0), kind="generate_content")  # the image call, held a second
+    stop = StopRequest()
+
+    def signal_once_the_image_call_is_in_flight() -> None:
+        deadline = time.monotonic() + 10
+        while not generate_requests(server, DEFAULT_IMAGE_MODEL) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.request(signal.SIGTERM)
+
+    signaller = threading.Thread(target=signal_once_the_image_call_is_in_flight)
+    signaller.start()
+    service = generation_service(
+        storage_resource, gemini_for(server), LikenessResource(), PortraitSettings(current_draft_year=2025)
+    )
+    partition = PartitionRequest(draft_year_key=DRAFT_YEAR, style="default", image_size="512")
+    result = run_partition(database.check(), service, partition, max_concurrency=1, stop=stop)
+    signaller.join()
+    assert stop.requested and judge_requests(server) == []  # the judge's call was never sent
+    ((asset, score),) = rows(database)
+    assert asset.status == "succeeded" and asset.cost_usd == IMAGE_PRICE  # the paid image is kept
+    assert score is not None and score.status == NOT_SCORED and score.cost_usd == Decimal("0")
+    assert score.reason is not None and "SIGTERM" in score.reason
+    assert result.judge_cost_usd == Decimal("0")
