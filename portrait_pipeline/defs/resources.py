@@ -449,7 +449,10 @@ RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
 
 # Models that passed the preflight in this process, by (quota, kind, model, day): until when, and their warnings. The
 # CLI's partition runs are threads of one process, each with its own resources; without this each asked `models.get`
-# again (80 partitions: 80-160 metadata requests). A model retired meanwhile still fails its calls with the API's 404.
+# again (80 partitions: 80-160 metadata requests). `models.get` only describes a model (its version, token limits and
+# parameters: ai.google.dev/api/models#method:-models.get, read 2026-11-29), so remembering a pass loses nothing but
+# a retirement within the 10 minutes, and a model retired meanwhile fails its calls with 404 NOT_FOUND "The requested
+# resource wasn't found" (ai.google.dev/gemini-api/docs/troubleshooting, read 2026-11-29), which is not retried.
 PREFLIGHT_TTL_S = 600.0
 _PASSED: dict[tuple[str, str, str, date], tuple[float, list[str]]] = {}
 

@@ -1094,8 +1094,10 @@ class _Handler(BaseHTTPRequestHandler):
         answered = False
         try:
             reply = gemini._check(record, params, len(raw)) or gemini._next_reply(record)
-            # latency_s is the model's time to answer: generateContent waits it (not the rate limiter's quick 429s);
-            # metadata, batch and file requests answer at once, as the real API's do.
+            # latency_s is the model's time to answer: generateContent waits it (not the rate limiter's quick 429s).
+            # Metadata, batch and file requests generate nothing (models.get returns a Model's version, token limits
+            # and parameters: ai.google.dev/api/models, read 2026-11-29; a batch job is created, then polled for its
+            # state: ai.google.dev/gemini-api/docs/batch-api, read 2026-11-29): none of the model's time is theirs.
             generating = record.kind in _GENERATE_KINDS and (reply.status != 429 or record.scripted)
             delay = reply.delay_s + (gemini.latency_s if generating else 0.0)
             if delay > 0 and gemini._stopping.wait(delay):
