@@ -179,9 +179,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         )
         storage = ImageStorageResource(local=True, local_dir=str(Path(folder) / "images"))
         # PORTRAIT_QUALITY_JUDGE=false (the bench's own environment, as the CLI scenarios inherit it): the image lane
-        # alone, without the quality judge's call after each image.
-        judged = os.environ.get("PORTRAIT_QUALITY_JUDGE", "true").strip().lower() != "false"
-        settings = PortraitSettings(current_draft_year=2025, quality_judge=judged)
+        # alone, without the quality judge's call after each image; read as resources_from_env reads it (pydantic).
+        judged = os.environ.get("PORTRAIT_QUALITY_JUDGE", "true").strip()
+        settings = PortraitSettings.model_validate({"current_draft_year": 2025, "quality_judge": judged})
         resources = resources_for(DatabaseResource(url=url), storage, gemini, settings=settings)
         rss_before = peak_rss_mb()
         profiler = cProfile.Profile() if args.profile else None
